@@ -1,0 +1,63 @@
+package secret
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func TestNeverPrints(t *testing.T) {
+	key := []byte("super-secret-key-material-000001")
+	s := New(key)
+	var logBuf bytes.Buffer
+	slog.New(slog.NewTextHandler(&logBuf, nil)).Info("loaded", "key", s)
+	js, err := json.Marshal(struct{ K *Bytes }{s})
+	if err != nil {
+		t.Fatalf("json.Marshal err = %v, want nil", err)
+	}
+	for name, out := range map[string]string{
+		"%v": fmt.Sprintf("%v", s), "%s": fmt.Sprintf("%s", s), "%#v": fmt.Sprintf("%#v", s),
+		"%+v": fmt.Sprintf("%+v", s), "slog": logBuf.String(), "json": string(js),
+	} {
+		if strings.Contains(out, string(key)) || !strings.Contains(out, Redacted) {
+			t.Errorf("%s printed %q, want %s and no key", name, out, Redacted)
+		}
+	}
+}
+
+func TestCopiesAndEqual(t *testing.T) {
+	in := []byte{1, 2, 3, 4}
+	s := New(in)
+	in[0] = 9
+	if got := s.Bytes(); !bytes.Equal(got, []byte{1, 2, 3, 4}) {
+		t.Fatalf("Bytes() = %v, want a copy taken at New", got)
+	}
+	out := s.Bytes()
+	out[1] = 9
+	if !s.Equal(New([]byte{1, 2, 3, 4})) {
+		t.Errorf("Equal(same bytes) = false, want true")
+	}
+	if s.Equal(New([]byte{1, 2, 3, 5})) || s.Equal(New([]byte{1, 2, 3})) {
+		t.Errorf("Equal(different bytes) = true, want false")
+	}
+}
+
+func TestWipe(t *testing.T) {
+	s := New(bytes.Repeat([]byte{0xAB}, 32))
+	s.Wipe()
+	s.Wipe()
+	if !s.Wiped() || s.Bytes() != nil {
+		t.Fatalf("after Wipe: Wiped() = %v, Bytes() = %v; want true, nil", s.Wiped(), s.Bytes())
+	}
+	for i, b := range s.Raw() {
+		if b != 0 {
+			t.Fatalf("Raw()[%d] = %#x after Wipe, want 0", i, b)
+		}
+	}
+	if s.Use(func([]byte) { t.Error("Use called f on a wiped key") }) {
+		t.Errorf("Use on wiped key = true, want false")
+	}
+}
