@@ -37,6 +37,9 @@ func New(b []byte) *Bytes {
 func (s *Bytes) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.wiped {
+		return 0
+	}
 	return len(s.b)
 }
 

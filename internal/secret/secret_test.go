@@ -49,7 +49,7 @@ func TestWipe(t *testing.T) {
 	s := New(bytes.Repeat([]byte{0xAB}, 32))
 	s.Wipe()
 	s.Wipe()
-	if !s.Wiped() || s.Bytes() != nil {
+	if !s.Wiped() || s.Bytes() != nil || s.Len() != 0 {
 		t.Fatalf("after Wipe: Wiped() = %v, Bytes() = %v; want true, nil", s.Wiped(), s.Bytes())
 	}
 	for i, b := range s.Raw() {
