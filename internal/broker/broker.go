@@ -1,0 +1,266 @@
+// Package broker is the keybroker gRPC service: it serves the node's master
+// keys from memory to a storage engine and wraps the engine's data keys under
+// them. It validates requests, asks the cache, reaches the customer's key
+// through the KeyWrapper it is given, tracks the serving state (SERVING,
+// DEGRADED, PAUSED) and maps every error to a gRPC status code in one place.
+//
+// cmd/keybroker builds a Broker with New and registers it on a grpc.Server.
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keybroker/keybroker/internal/cache"
+	"github.com/keybroker/keybroker/internal/kek"
+	"github.com/keybroker/keybroker/internal/keystore"
+	"github.com/keybroker/keybroker/internal/secret"
+	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
+)
+
+// MasterKeySize is the size of a master key: 256 random bits.
+const MasterKeySize = 32
+
+// DefaultKeyName is the keystore key served when a request names none.
+const DefaultKeyName = "master"
+
+// KeyWrapper wraps and unwraps master keys with the customer's key held in
+// Azure Key Vault (one region, or several behind internal/failover).
+// Implementations are safe for concurrent use.
+type KeyWrapper interface {
+	// WrapKey returns one wrapped copy per configured key-encryption key.
+	WrapKey(ctx context.Context, key []byte) ([]kek.Wrapped, error)
+	// UnwrapKey unwraps whichever of the copies it can; the caller clears the result.
+	UnwrapKey(ctx context.Context, copies []kek.Wrapped) ([]byte, error)
+	// KeyInfo reports the key-encryption key as the vault sees it now.
+	KeyInfo(ctx context.Context) (kek.KeyInfo, error)
+}
+
+// RegionReporter is implemented by wrappers that span several regions
+// (internal/failover); GetStatus shows what it reports.
+type RegionReporter interface {
+	RegionStatus() []RegionStatus
+}
+
+// RegionStatus is one region's health as GetStatus shows it.
+type RegionStatus struct {
+	Name          string
+	VaultURL      string
+	KeyID         string
+	Healthy       bool
+	LastErrorKind kek.Kind
+	LastError     string
+	Latency       time.Duration
+	Preferred     bool
+	Active        bool
+}
+
+// Config configures a Broker. It is not changed after New.
+type Config struct {
+	Store   *keystore.Store // required: the opened keystore
+	Wrapper KeyWrapper      // required
+	// DefaultKey is the keystore key served when a request names none;
+	// "" means DefaultKeyName.
+	DefaultKey string
+	// Cache configures the in-memory key cache (TTL, size, staleness).
+	Cache cache.Config
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Broker is the keybroker service. It is safe for concurrent use.
+type Broker struct {
+	keybrokerv1.UnimplementedKeyBrokerServiceServer
+
+	store      *keystore.Store
+	wrapper    KeyWrapper
+	defaultKey string
+	cache      *cache.Cache
+	log        *slog.Logger
+	now        func() time.Time
+	health     *health.Server
+	hub        *stateHub
+
+	rotateMu sync.Mutex // one rotation at a time; reads go on
+
+	checkMu   sync.Mutex // one validity check at a time
+	lastCheck checkResult
+}
+
+type checkResult struct {
+	at  time.Time
+	ok  bool
+	err error
+}
+
+// New builds a Broker over an opened keystore. It does not touch the network;
+// call Warm to load the keys before serving.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("broker: no keystore")
+	}
+	if cfg.Wrapper == nil {
+		return nil, errors.New("broker: no key wrapper")
+	}
+	b := &Broker{
+		store:      cfg.Store,
+		wrapper:    cfg.Wrapper,
+		defaultKey: cfg.DefaultKey,
+		log:        cfg.Logger,
+		now:        cfg.Now,
+		health:     health.NewServer(),
+	}
+	if b.defaultKey == "" {
+		b.defaultKey = DefaultKeyName
+	}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	if _, err := b.store.Key(b.defaultKey); err != nil {
+		return nil, fmt.Errorf("broker: default key %q: %w", b.defaultKey, err)
+	}
+	cc := cfg.Cache
+	if cc.Now == nil {
+		cc.Now = b.now
+	}
+	if cc.Logger == nil {
+		cc.Logger = b.log
+	}
+	b.cache = cache.New(cc, b.load)
+	b.hub = newStateHub(b.now())
+	b.setHealth(StateServing)
+	return b, nil
+}
+
+// Register registers the KeyBroker service and grpc.health.v1 on s.
+func (b *Broker) Register(s grpc.ServiceRegistrar) {
+	keybrokerv1.RegisterKeyBrokerServiceServer(s, b)
+	healthpb.RegisterHealthServer(s, b.health)
+}
+
+// Warm loads the current version of every active key into memory, so the
+// first engine request makes no vault call. A failure is returned and also
+// moves the state as a validity check would.
+func (b *Broker) Warm(ctx context.Context) error {
+	for _, k := range b.store.Keys() {
+		if k.State != keystore.StateActive {
+			continue
+		}
+		v, ok := k.Current()
+		if !ok {
+			continue
+		}
+		if _, err := b.cache.Get(ctx, v.ID); err != nil {
+			b.observe(err)
+			return fmt.Errorf("broker: loading key %q version %s: %w", k.Name, v.ID, err)
+		}
+	}
+	return nil
+}
+
+// Close wipes every key held in memory and marks the service NOT_SERVING.
+func (b *Broker) Close() {
+	b.health.Shutdown()
+	b.cache.Close()
+}
+
+// State returns the current state and why.
+func (b *Broker) State() Event { return b.hub.current() }
+
+// load is the cache's loader: it unwraps one master-key version through the
+// vault. Only the cache calls it, single-flight per version.
+func (b *Broker) load(ctx context.Context, versionID string) (*secret.Bytes, error) {
+	if b.hub.current().State == StatePaused {
+		return nil, errPaused{reason: b.hub.current().Reason}
+	}
+	k, v, err := b.findVersion(versionID)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := b.wrapper.UnwrapKey(ctx, v.Copies)
+	if err != nil {
+		b.observe(err)
+		return nil, err
+	}
+	defer clear(raw)
+	if len(raw) != MasterKeySize {
+		return nil, fmt.Errorf("broker: key %q version %s unwrapped to %d bytes, want %d: the keystore copy is not a keybroker master key", k.Name, v.ID, len(raw), MasterKeySize)
+	}
+	b.observe(nil)
+	return secret.New(raw), nil
+}
+
+// findVersion finds a master-key version by id in any key.
+func (b *Broker) findVersion(versionID string) (keystore.Key, keystore.Version, error) {
+	k, v, err := b.store.FindVersion(versionID)
+	if err != nil {
+		return keystore.Key{}, keystore.Version{}, fmt.Errorf("%w: master-key version %q", errNotFound, versionID)
+	}
+	return k, v, nil
+}
+
+// newMasterKey makes a fresh master key, wraps it under every configured
+// CMK and proves the copies unwrap to the same bytes before returning them.
+// Nothing is persisted here.
+func newMasterKey(ctx context.Context, w KeyWrapper) (*secret.Bytes, []kek.Wrapped, error) {
+	raw := make([]byte, MasterKeySize)
+	defer clear(raw)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, nil, fmt.Errorf("broker: reading random bytes: %w", err)
+	}
+	copies, err := w.WrapKey(ctx, raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(copies) == 0 {
+		return nil, nil, errors.New("broker: the key wrapper returned no wrapped copy")
+	}
+	for _, c := range copies {
+		back, err := w.UnwrapKey(ctx, []kek.Wrapped{c})
+		if err != nil {
+			return nil, nil, fmt.Errorf("broker: checking the copy wrapped by %s: %w", c.KeyID, err)
+		}
+		same := secret.New(back).Equal(secret.New(raw))
+		clear(back)
+		if !same {
+			return nil, nil, fmt.Errorf("broker: the copy wrapped by %s does not unwrap to the key that was wrapped", c.KeyID)
+		}
+	}
+	return secret.New(raw), copies, nil
+}
+
+// NewVersion makes the first version of a new master key: 32 random bytes
+// wrapped by w and checked by an unwrap. The plaintext is wiped before it
+// returns; the caller persists the version.
+func NewVersion(ctx context.Context, w KeyWrapper) (keystore.Version, error) {
+	key, copies, err := newMasterKey(ctx, w)
+	if err != nil {
+		return keystore.Version{}, err
+	}
+	key.Wipe()
+	return keystore.Version{ID: keystore.NewID(), Created: time.Now().UTC(), Copies: copies}, nil
+}
+
+// setHealth mirrors the state into grpc.health.v1.
+func (b *Broker) setHealth(s State) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if s == StatePaused {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	b.health.SetServingStatus("", st)
+	b.health.SetServingStatus(keybrokerv1.KeyBrokerService_ServiceDesc.ServiceName, st)
+}
