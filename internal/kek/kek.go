@@ -41,12 +41,12 @@ type Kind int
 
 // The kinds, from most to least definitive.
 const (
-	KindUnknown     Kind = iota
-	KindRevoked          // access denied, key disabled or credential invalid: revocation evidence
-	KindNotFound         // the key (or version) does not exist: revocation evidence
-	KindThrottled        // 429 after bounded retries: outage evidence
-	KindUnavailable      // timeouts, resets, DNS, 408, 5xx: outage evidence
-	KindInvalidInput     // malformed request; neither revocation nor outage
+	KindUnknown      Kind = iota
+	KindRevoked           // access denied, key disabled or credential invalid: revocation evidence
+	KindNotFound          // the key (or version) does not exist: revocation evidence
+	KindThrottled         // 429 after bounded retries: outage evidence
+	KindUnavailable       // timeouts, resets, DNS, 408, 5xx: outage evidence
+	KindInvalidInput      // malformed request; neither revocation nor outage
 )
 
 // Sentinel errors, one per kind, for errors.Is.

@@ -70,7 +70,7 @@ func ServerTLS(cfg ServerConfig) (*tls.Config, error) {
 		return nil, err
 	}
 	return &tls.Config{
-		MinVersion:     minVersion,
+		MinVersion: minVersion,
 		// A certificate, when given, must chain to the client CA or the
 		// handshake fails. A client with none gets through TLS only to be
 		// refused by the Authorizer with UNAUTHENTICATED and a message
