@@ -49,6 +49,9 @@ type KeyWrapper interface {
 // (internal/failover); GetStatus shows what it reports.
 type RegionReporter interface {
 	RegionStatus() []RegionStatus
+	// PartialRevocation reports whether some, but not all, regions that
+	// answered gave revocation evidence: DEGRADED with an alert, not PAUSED.
+	PartialRevocation() bool
 }
 
 // RegionStatus is one region's health as GetStatus shows it.
@@ -168,6 +171,9 @@ func (b *Broker) Warm(ctx context.Context) error {
 			b.observe(err)
 			return fmt.Errorf("broker: loading key %q version %s: %w", k.Name, v.ID, err)
 		}
+	}
+	if b.hub.current().State == StateServing {
+		b.hub.set(StateServing, "keys loaded through Key Vault", b.now())
 	}
 	return nil
 }

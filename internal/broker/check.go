@@ -36,7 +36,12 @@ func (b *Broker) Check(ctx context.Context) (Event, error) {
 		// The caller went away; nothing was learned.
 	default:
 		if b.hub.current().State != StatePaused {
-			b.transition(StateDegraded, "validity check failed, serving keys held in memory: "+err.Error())
+			reason := "validity check failed, serving keys held in memory: " + err.Error()
+			if b.partialRevocation() {
+				reason = "ALERT: access to the customer key is revoked in some regions but not all, serving keys held in memory: " + err.Error()
+				b.log.Error("partial revocation: some regions deny access to the customer key; the broker pauses only when every answering region does", "err", err)
+			}
+			b.transition(StateDegraded, reason)
 		}
 	}
 	return b.hub.current(), err
@@ -135,6 +140,13 @@ func pauseReason(err error) string {
 		code = kek.KindOf(err).String()
 	}
 	return fmt.Sprintf("access to the customer key was revoked%s (%s): restore access in Azure (enable or recover the key, grant the broker's identity wrapKey/unwrapKey, renew its credential), then call Revalidate (keybroker revalidate) or wait for the next validity check", where, code)
+}
+
+// partialRevocation asks a multi-region wrapper whether revocation was seen
+// in only some regions.
+func (b *Broker) partialRevocation() bool {
+	rr, ok := b.wrapper.(RegionReporter)
+	return ok && rr.PartialRevocation()
 }
 
 // RunChecks runs the validity check every interval until ctx ends. A zero or

@@ -56,6 +56,12 @@ func (b *Broker) GetStatus(ctx context.Context, _ *keybrokerv1.GetStatusRequest)
 		for _, r := range rr.RegionStatus() {
 			resp.Regions = append(resp.Regions, regionToProto(r))
 		}
+		if rr.PartialRevocation() {
+			resp.Alerts = append(resp.Alerts, &keybrokerv1.Alert{
+				Code:    "REVOCATION_PARTIAL",
+				Message: "access to the customer key is revoked in some regions but not all: check the key's access policies and RBAC in every region",
+			})
+		}
 	}
 	return resp, nil
 }

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/config"
+	"github.com/keybroker/keybroker/internal/keystore"
+)
+
+func runInit(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "init", "--config FILE [--if-missing]")
+	cfgPath := fs.String("config", "", "configuration file (YAML; see the README)")
+	ifMissing := fs.Bool("if-missing", false, "exit 0 without changes when a keystore already exists (for bootstrap scripts)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return usageErrorf("init: --config is required")
+	}
+	cfg, err := loadConfig(*cfgPath, e)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(e.stderr, cfg.Log)
+	if err != nil {
+		return err
+	}
+	created, err := initKeystore(ctx, cfg, logger, *ifMissing)
+	if err != nil {
+		return err
+	}
+	if created {
+		fmt.Fprintf(e.stdout, "created keystore %s with master key %q\n", cfg.Keystore.Dir, cfg.Keystore.DefaultKey)
+	} else {
+		fmt.Fprintf(e.stdout, "keystore %s exists: nothing to do\n", cfg.Keystore.Dir)
+	}
+	return nil
+}
+
+// initKeystore creates the keystore with a first master key: 32 random
+// bytes, wrapped by every configured customer key and proven by an unwrap
+// before anything is written. It never overwrites: an existing keystore is
+// an error, or with ifMissing a no-op.
+func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, ifMissing bool) (bool, error) {
+	exists, err := keystore.Exists(cfg.Keystore.Dir)
+	if err != nil {
+		return false, withCode(exitUsage, err)
+	}
+	if exists {
+		if ifMissing {
+			return false, nil
+		}
+		return false, withCode(exitExists, fmt.Errorf("a keystore already exists in %s: refusing to overwrite it (use --if-missing in scripts)", cfg.Keystore.Dir))
+	}
+	wrapper, closeWrapper, err := buildWrapper(cfg, logger)
+	if err != nil {
+		return false, err
+	}
+	defer closeWrapper()
+	v, err := broker.NewVersion(ctx, wrapper)
+	if err != nil {
+		return false, withCode(vaultExitCode(err), fmt.Errorf("wrapping a new master key with the customer key: %w (nothing was written)", err))
+	}
+	store, err := keystore.Create(cfg.Keystore.Dir, keystore.Options{})
+	if err != nil {
+		if errors.Is(err, keystore.ErrExists) && ifMissing {
+			return false, nil
+		}
+		return false, withCode(exitUsage, err)
+	}
+	defer store.Close()
+	if _, err := store.CreateKey(cfg.Keystore.DefaultKey, keystore.StateActive, v); err != nil {
+		return false, fmt.Errorf("persisting the master key: %w", err)
+	}
+	logger.Info("keystore created", "dir", cfg.Keystore.Dir, "key", cfg.Keystore.DefaultKey, "version", v.ID, "cmk", v.Copies[0].KeyID)
+	return true, nil
+}

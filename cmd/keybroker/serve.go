@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/cache"
+	"github.com/keybroker/keybroker/internal/config"
+	"github.com/keybroker/keybroker/internal/keystore"
+	"github.com/keybroker/keybroker/internal/mtls"
+)
+
+// shutdownGrace bounds how long a SIGTERM waits for RPCs in flight.
+const shutdownGrace = 10 * time.Second
+
+func runServe(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "serve", "--config FILE")
+	cfgPath := fs.String("config", "", "configuration file (YAML; see the README)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return usageErrorf("serve: --config is required")
+	}
+	cfg, err := loadConfig(*cfgPath, e)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(e.stderr, cfg.Log)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, logger, nil)
+}
+
+// loadConfig reads and validates a configuration file.
+func loadConfig(path string, e *env) (*config.Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageErrorf("reading the configuration: %w", err)
+	}
+	cfg, err := config.Parse(path, data, e.getenv)
+	if err != nil {
+		return nil, withCode(exitUsage, err)
+	}
+	return cfg, nil
+}
+
+func newLogger(w io.Writer, c config.Log) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, usageErrorf("log.level %q: want debug, info, warn or error", c.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewJSONHandler(w, opts)), nil
+}
+
+// listening reports the addresses a started broker listens on.
+type listening struct {
+	Address string // TCP host:port, "" when not configured
+	Unix    string // socket path, "" when not configured
+}
+
+// serve runs the broker until ctx ends: open the keystore, load the keys
+// through Key Vault, listen with mTLS, serve, and on shutdown stop gracefully
+// and wipe every key. ready, if set, is called once listening.
+func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready func(listening)) error {
+	disableCoreDumps(logger)
+
+	store, err := keystore.Open(cfg.Keystore.Dir, keystore.Options{})
+	if err != nil {
+		if errors.Is(err, keystore.ErrNotExist) {
+			return withCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'", cfg.Keystore.Dir))
+		}
+		return withCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
+	}
+	defer store.Close()
+
+	wrapper, closeWrapper, err := buildWrapper(cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer closeWrapper()
+
+	b, err := broker.New(broker.Config{
+		Store:      store,
+		Wrapper:    wrapper,
+		DefaultKey: cfg.Keystore.DefaultKey,
+		Cache: cache.Config{
+			Size:     cfg.Cache.Size,
+			TTL:      cfg.Cache.TTL.D(),
+			MaxStale: cfg.Cache.MaxStale.D(),
+		},
+		Logger: logger,
+	})
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	defer b.Close()
+
+	tlsCfg, err := mtls.ServerTLS(mtls.ServerConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	authz, err := mtls.NewAuthorizer(roles(cfg.Authorization), mtls.DefaultMethodRoles(), logger)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+
+	// Load the keys before listening: the engine's first request must not
+	// wait on Key Vault. An outage is not fatal (the broker starts DEGRADED
+	// and loads on demand); revocation is reported and the broker serves
+	// PAUSED so the engine learns why.
+	warmCtx, cancel := context.WithTimeout(ctx, 2*cfg.Azure.Timeout.D()+5*time.Second)
+	if err := b.Warm(warmCtx); err != nil {
+		logger.Warn("keys not loaded at start", "err", err)
+		if _, cerr := b.Check(warmCtx); cerr != nil {
+			logger.Warn("validity check at start failed", "state", b.State().State.String(), "err", cerr)
+		}
+	}
+	cancel()
+
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.ChainUnaryInterceptor(authz.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(authz.StreamInterceptor()),
+		grpc.MaxRecvMsgSize(64<<10),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	b.Register(srv)
+	reflection.Register(srv)
+
+	var lis []net.Listener
+	closeAll := func() {
+		for _, l := range lis {
+			l.Close()
+		}
+	}
+	var at listening
+	if cfg.Listen.Address != "" {
+		l, err := net.Listen("tcp", cfg.Listen.Address)
+		if err != nil {
+			return withCode(exitUsage, fmt.Errorf("listening on %s: %w", cfg.Listen.Address, err))
+		}
+		lis = append(lis, l)
+		at.Address = l.Addr().String()
+	}
+	if cfg.Listen.Unix != "" {
+		l, err := listenUnix(cfg.Listen.Unix)
+		if err != nil {
+			closeAll()
+			return withCode(exitUsage, err)
+		}
+		lis = append(lis, l)
+		at.Unix = cfg.Listen.Unix
+	}
+
+	checks, stopChecks := context.WithCancel(ctx)
+	defer stopChecks()
+	go b.RunChecks(checks, cfg.Validation.Interval.D())
+
+	errc := make(chan error, len(lis))
+	for _, l := range lis {
+		go func() { errc <- srv.Serve(l) }()
+	}
+	logger.Info("serving", "address", at.Address, "unix", at.Unix, "state", b.State().State.String())
+	if ready != nil {
+		ready(at)
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		closeAll()
+		return fmt.Errorf("serving: %w", err)
+	}
+	logger.Info("shutting down: finishing RPCs in flight, then wiping keys")
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(shutdownGrace):
+		srv.Stop()
+	}
+	if at.Unix != "" {
+		os.Remove(at.Unix)
+	}
+	return nil
+}
+
+// listenUnix listens on a unix socket readable only by the owner, removing
+// a stale socket left by a crash (but never a regular file).
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("listen.unix: %s exists and is not a socket: choose another path", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("listen.unix: another process serves %s: stop it first", path)
+		}
+		os.Remove(path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("listen.unix: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen.unix: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen.unix: %w", err)
+	}
+	return l, nil
+}
+
+// roles turns the configuration's role lists into identity -> roles.
+func roles(a config.Authorization) map[string][]string {
+	m := make(map[string][]string)
+	for _, id := range a.Engine {
+		m[id] = append(m[id], mtls.RoleEngine)
+	}
+	for _, id := range a.Admin {
+		m[id] = append(m[id], mtls.RoleAdmin)
+	}
+	return m
+}
