@@ -9,6 +9,8 @@ package secret
 
 import (
 	"crypto/subtle"
+	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 )
@@ -110,6 +112,10 @@ func (s *Bytes) String() string { return Redacted }
 
 // GoString implements fmt.GoStringer without revealing the key.
 func (s *Bytes) GoString() string { return Redacted }
+
+// Format implements fmt.Formatter: every verb (%x and %q included) prints
+// Redacted, never the key.
+func (s *Bytes) Format(f fmt.State, _ rune) { io.WriteString(f, Redacted) }
 
 // LogValue implements slog.LogValuer without revealing the key.
 func (s *Bytes) LogValue() slog.Value { return slog.StringValue(Redacted) }

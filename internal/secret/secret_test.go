@@ -18,10 +18,11 @@ func TestNeverPrints(t *testing.T) {
 	if err != nil {
 		t.Fatalf("json.Marshal err = %v, want nil", err)
 	}
-	for name, out := range map[string]string{
-		"%v": fmt.Sprintf("%v", s), "%s": fmt.Sprintf("%s", s), "%#v": fmt.Sprintf("%#v", s),
-		"%+v": fmt.Sprintf("%+v", s), "slog": logBuf.String(), "json": string(js),
-	} {
+	verbs := map[string]string{"slog": logBuf.String(), "json": string(js)}
+	for _, verb := range []string{"%v", "%s", "%#v", "%+v", "%q", "%x"} {
+		verbs[verb] = fmt.Sprintf(verb, s)
+	}
+	for name, out := range verbs {
 		if strings.Contains(out, string(key)) || !strings.Contains(out, Redacted) {
 			t.Errorf("%s printed %q, want %s and no key", name, out, Redacted)
 		}
