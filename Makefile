@@ -7,7 +7,7 @@ BIN       := bin
 DEV_DIR   ?= .dev
 FUZZTIME  ?= 10s
 # Go packages and their fuzz targets: "pkg:FuzzName" pairs.
-FUZZ_TARGETS ?= ./internal/config:FuzzParse ./internal/envelope:FuzzParse ./internal/envelope:FuzzOpen ./internal/envelope:FuzzSealOpen ./internal/mtls:FuzzParseIdentity ./internal/mtls:FuzzParseKeyPair ./internal/pki:FuzzParsePEM ./internal/pki:FuzzClientIdentity ./internal/keystore:FuzzDecodeFile ./internal/keystore:FuzzDecodeBody ./internal/failover:FuzzKeyBase ./internal/kek/kektest:FuzzCheckKeyID ./internal/akv:FuzzParseKeyID ./internal/akv:FuzzRetryAfter ./internal/akv:FuzzParseErrorBody
+FUZZ_TARGETS ?= ./internal/config:FuzzParse ./internal/envelope:FuzzParse ./internal/envelope:FuzzOpen ./internal/envelope:FuzzSealOpen ./internal/mtls:FuzzParseIdentity ./internal/mtls:FuzzParseKeyPair ./internal/pki:FuzzParsePEM ./internal/pki:FuzzClientIdentity ./internal/keystore:FuzzDecodeFile ./internal/keystore:FuzzDecodeBody ./internal/failover:FuzzKeyBase ./internal/kek/kektest:FuzzCheckKeyID ./internal/akv:FuzzParseKeyID ./internal/akv:FuzzRetryAfter ./internal/akv:FuzzParseErrorBody ./internal/akvemu:FuzzWrapRequest ./internal/akvemu:FuzzKeyRequests ./internal/akvemu:FuzzVaultRoute ./internal/akvemu:FuzzFault ./internal/akvemu:FuzzTokenRequest ./cmd/akv-emulator:FuzzParseFlagValues
 
 .PHONY: all build run test test-go lint fmt vet staticcheck generate generate-check fuzz bench clean
 

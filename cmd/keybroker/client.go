@@ -30,9 +30,11 @@ import (
 type clientFlags struct {
 	addr, ca, cert, key, serverName, dev string
 	timeout                              time.Duration
+	role                                 string // engine or admin: picks the dev PKI client
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet, role string) {
+	c.role = role
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:7443", "broker address: host:port, or unix:PATH for the unix socket")
 	fs.StringVar(&c.ca, "ca", "", "CA certificate that issued the broker's server certificate (PEM)")
 	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM) with the "+role+" role")
@@ -42,8 +44,20 @@ func (c *clientFlags) register(fs *flag.FlagSet, role string) {
 	fs.DurationVar(&c.timeout, "timeout", 15*time.Second, "deadline for the call")
 }
 
-// dial connects to the broker over mTLS; role picks the dev PKI client.
-func (c *clientFlags) dial(role string) (*grpc.ClientConn, error) {
+// call connects to the broker and runs f under the --timeout deadline.
+func (c *clientFlags) call(ctx context.Context, f func(context.Context, keybrokerv1.KeyBrokerServiceClient) error) error {
+	conn, err := c.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return f(ctx, keybrokerv1.NewKeyBrokerServiceClient(conn))
+}
+
+// dial connects to the broker over mTLS.
+func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	if c.dev != "" {
 		fill := func(dst *string, name string) {
 			if *dst == "" {
@@ -51,7 +65,7 @@ func (c *clientFlags) dial(role string) (*grpc.ClientConn, error) {
 			}
 		}
 		fill(&c.ca, pki.CAFile)
-		if role == "admin" {
+		if c.role == "admin" {
 			fill(&c.cert, pki.AdminCertFile)
 			fill(&c.key, pki.AdminKeyFile)
 		} else {
@@ -89,6 +103,10 @@ func (c *clientFlags) dial(role string) (*grpc.ClientConn, error) {
 // rpcError gives a failed call the exit code its gRPC status implies and a
 // hint where the status alone says little.
 func rpcError(what string, err error) error {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err // not an RPC failure: the connection flags were wrong
+	}
 	st, _ := status.FromError(err)
 	msg := fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())
 	code := exitFailure
@@ -135,14 +153,11 @@ func runGetMasterKey(ctx context.Context, e *env, args []string) error {
 			return usageErrorf("refusing to print raw key bytes to a terminal: use --format hex|base64, or redirect stdout, or --out FILE")
 		}
 	}
-	conn, err := cf.dial("engine")
-	if err != nil {
+	var resp *keybrokerv1.GetMasterKeyResponse
+	err := cf.call(ctx, func(ctx context.Context, c keybrokerv1.KeyBrokerServiceClient) (err error) {
+		resp, err = c.GetMasterKey(ctx, &keybrokerv1.GetMasterKeyRequest{KeyName: *keyName, Version: *version})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	resp, err := keybrokerv1.NewKeyBrokerServiceClient(conn).GetMasterKey(ctx, &keybrokerv1.GetMasterKeyRequest{KeyName: *keyName, Version: *version})
+	})
 	if err != nil {
 		return rpcError("get-master-key", err)
 	}
@@ -211,14 +226,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	conn, err := cf.dial("engine")
-	if err != nil {
+	var st *keybrokerv1.GetStatusResponse
+	err := cf.call(ctx, func(ctx context.Context, c keybrokerv1.KeyBrokerServiceClient) (err error) {
+		st, err = c.GetStatus(ctx, &keybrokerv1.GetStatusRequest{})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	st, err := keybrokerv1.NewKeyBrokerServiceClient(conn).GetStatus(ctx, &keybrokerv1.GetStatusRequest{})
+	})
 	if err != nil {
 		return rpcError("status", err)
 	}
@@ -279,14 +291,11 @@ func runRotate(ctx context.Context, e *env, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	conn, err := cf.dial("admin")
-	if err != nil {
+	var resp *keybrokerv1.RotateDEKResponse
+	err := cf.call(ctx, func(ctx context.Context, c keybrokerv1.KeyBrokerServiceClient) (err error) {
+		resp, err = c.RotateDEK(ctx, &keybrokerv1.RotateDEKRequest{KeyName: *keyName})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	resp, err := keybrokerv1.NewKeyBrokerServiceClient(conn).RotateDEK(ctx, &keybrokerv1.RotateDEKRequest{KeyName: *keyName})
+	})
 	if err != nil {
 		return rpcError("rotate", err)
 	}
@@ -301,14 +310,11 @@ func runRevalidate(ctx context.Context, e *env, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	conn, err := cf.dial("admin")
-	if err != nil {
+	var resp *keybrokerv1.RevalidateResponse
+	err := cf.call(ctx, func(ctx context.Context, c keybrokerv1.KeyBrokerServiceClient) (err error) {
+		resp, err = c.Revalidate(ctx, &keybrokerv1.RevalidateRequest{})
 		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	resp, err := keybrokerv1.NewKeyBrokerServiceClient(conn).Revalidate(ctx, &keybrokerv1.RevalidateRequest{})
+	})
 	if err != nil {
 		return rpcError("revalidate", err)
 	}
