@@ -7,7 +7,7 @@ BIN       := bin
 DEV_DIR   ?= .dev
 FUZZTIME  ?= 10s
 # Go packages and their fuzz targets: "pkg:FuzzName" pairs.
-FUZZ_TARGETS ?= ./internal/config:FuzzParse ./internal/envelope:FuzzParse ./internal/envelope:FuzzOpen ./internal/envelope:FuzzSealOpen ./internal/mtls:FuzzParseIdentity ./internal/mtls:FuzzParseKeyPair ./internal/pki:FuzzParsePEM ./internal/pki:FuzzClientIdentity ./internal/keystore:FuzzDecodeFile ./internal/keystore:FuzzDecodeBody ./internal/failover:FuzzKeyBase ./internal/kek/kektest:FuzzCheckKeyID ./internal/akv:FuzzParseKeyID ./internal/akv:FuzzRetryAfter ./internal/akv:FuzzParseErrorBody ./internal/akvemu:FuzzWrapRequest ./internal/akvemu:FuzzKeyRequests ./internal/akvemu:FuzzVaultRoute ./internal/akvemu:FuzzFault ./internal/akvemu:FuzzTokenRequest ./cmd/akv-emulator:FuzzParseFlagValues
+FUZZ_TARGETS ?= ./internal/config:FuzzParse ./internal/envelope:FuzzParse ./internal/envelope:FuzzOpen ./internal/envelope:FuzzSealOpen ./internal/mtls:FuzzParseIdentity ./internal/mtls:FuzzParseKeyPair ./internal/pki:FuzzParsePEM ./internal/pki:FuzzClientIdentity ./internal/keystore:FuzzDecodeFile ./internal/keystore:FuzzDecodeBody ./internal/failover:FuzzKeyBase ./internal/kek/kektest:FuzzCheckKeyID ./internal/akv:FuzzParseKeyID ./internal/akv:FuzzRetryAfter ./internal/akv:FuzzParseErrorBody ./internal/akvemu:FuzzWrapRequest ./internal/akvemu:FuzzKeyRequests ./internal/akvemu:FuzzVaultRoute ./internal/akvemu:FuzzFault ./internal/akvemu:FuzzTokenRequest ./cmd/akv-emulator:FuzzParseFlagValues ./cmd/kbload:FuzzParseGhzReport ./cmd/kbload:FuzzParseDevInfo
 
 .PHONY: all build run test test-go lint fmt vet staticcheck generate generate-check fuzz bench clean
 
@@ -60,6 +60,10 @@ fuzz:
 		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
+
+## bench: kbload bench against a fresh `keybroker dev` (docs/bench.md); tune with BENCH_FLAGS="--rounds 5 --no-fail".
+bench: build
+	$(BIN)/kbload bench --keybroker $(BIN)/keybroker $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN) $(DEV_DIR)
