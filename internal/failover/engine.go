@@ -221,17 +221,21 @@ func attempt[T any](ctx, callCtx context.Context, w *Wrapper, i int, seq int64, 
 		}
 		res.judged = v
 	}
+	// The region's own timeout and a lost hedging race are judged before
+	// the caller's context: a caller usually returns as soon as the winner
+	// answers, long before a black-holed loser does, and that loser must
+	// still be marked down.
 	switch {
-	case ctx.Err() != nil:
-		res.neutral = true // the caller gave up; the region is not to blame
-	case actx.Err() == nil || cause == nil:
-		// A real answer: err is the region's own.
 	case errors.Is(cause, errRegionTimeout):
 		err = timeoutError(s.op, r)
 	case errors.Is(cause, errHedgeLost) && seq < winner.Load():
 		// It had a head start and still lost: as good as no answer.
 		err = &kek.Error{Kind: kek.KindUnavailable, Op: s.op, Region: r.name,
 			Err: errors.New("failover: no answer before another region answered")}
+	case ctx.Err() != nil:
+		res.neutral = true // the caller gave up; the region is not to blame
+	case actx.Err() == nil || cause == nil:
+		// A real answer: err is the region's own.
 	default:
 		res.neutral = true // started after the winner: it had no fair chance
 	}

@@ -175,6 +175,29 @@ func TestBlackHoledPrimaryFailsOver(t *testing.T) {
 	})
 }
 
+// TestLostHedgeCountsAfterCallerReturns: a gRPC handler's context ends as
+// soon as the winner's answer is used, before the black-holed loser
+// returns; the loser must still count against its region.
+func TestLostHedgeCountsAfterCallerReturns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, true, func(c *Config) { c.HedgeDelay = 100 * time.Millisecond })
+		copies := e.copiesOf(t, e.a)
+		e.a.Block()
+		for i := range DefaultBreakerThreshold {
+			ctx, cancel := context.WithCancel(t.Context())
+			_, err := e.w.UnwrapKey(ctx, copies)
+			cancel() // the handler returns with the winner's answer
+			if err != nil {
+				t.Fatalf("call %d: UnwrapKey err = %v, want nil", i, err)
+			}
+		}
+		synctest.Wait()
+		if got := e.w.Active(); got != "b" {
+			t.Fatalf("Active() after %d lost hedges whose callers returned = %q, want b", DefaultBreakerThreshold, got)
+		}
+	})
+}
+
 func TestOutageStormFailsOver(t *testing.T) {
 	for _, op := range []string{kektest.OpUnwrap, kektest.OpKeyInfo} {
 		t.Run(op, func(t *testing.T) {
