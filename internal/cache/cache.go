@@ -212,6 +212,10 @@ type result struct {
 // The expirable LRU runs a cleanup goroutine that, in golang-lru v2.0.7,
 // cannot be stopped: Close wipes and empties the cache but the idle goroutine
 // stays. Create caches once per process, not per request.
+// MinHardBound is the shortest hard bound (TTL+MaxStale) the cache keeps:
+// shorter settings, useful only in tests, are raised to it.
+const MinHardBound = 100 * time.Millisecond
+
 func New(cfg Config, load func(ctx context.Context, id string) (*secret.Bytes, error)) *Cache {
 	c := &Cache{
 		load:        load,
@@ -238,6 +242,9 @@ func New(cfg Config, load func(ctx context.Context, id string) (*secret.Bytes, e
 	if c.maxAge < c.ttl { // overflow
 		c.maxAge = math.MaxInt64
 	}
+	// golang-lru reaps expired entries on a ticker of maxAge/100: a
+	// nanosecond-scale bound would panic (a zero ticker) or spin.
+	c.maxAge = max(c.maxAge, MinHardBound)
 	c.lru = expirable.NewLRU(size, c.evicted, c.maxAge)
 	return c
 }

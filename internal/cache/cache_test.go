@@ -864,3 +864,13 @@ func TestPutDuringFailingLoad(t *testing.T) {
 	}
 	assertLive(t, "put key", put)
 }
+
+func TestTinyTTLDoesNotPanic(t *testing.T) {
+	c := New(Config{TTL: time.Nanosecond}, func(context.Context, string) (*secret.Bytes, error) {
+		return secret.New([]byte("k")), nil
+	})
+	defer c.Close()
+	if _, err := c.Get(context.Background(), "id"); err != nil {
+		t.Fatalf("Get with a 1ns TTL err = %v, want nil", err)
+	}
+}
