@@ -91,18 +91,25 @@ func NewCredential(cfg CredentialConfig, env Environment) (azcore.TokenCredentia
 		if err := needTenantAndClient(cfg); err != nil {
 			return nil, err
 		}
+		build := func(secret string) (azcore.TokenCredential, error) {
+			c, err := azidentity.NewClientSecretCredential(cfg.TenantID, cfg.ClientID, secret, &azidentity.ClientSecretCredentialOptions{
+				ClientOptions:            opts,
+				DisableInstanceDiscovery: noDiscovery,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%w: client_secret: %v", ErrCredential, err)
+			}
+			return c, nil
+		}
+		if cfg.ClientSecretFile != "" && cfg.ClientSecret == "" {
+			// Follow the file, so a renewed secret is picked up without a restart.
+			return newSecretFileCredential(cfg.ClientSecretFile, build)
+		}
 		secret, err := clientSecret(cfg)
 		if err != nil {
 			return nil, err
 		}
-		c, err := azidentity.NewClientSecretCredential(cfg.TenantID, cfg.ClientID, secret, &azidentity.ClientSecretCredentialOptions{
-			ClientOptions:            opts,
-			DisableInstanceDiscovery: noDiscovery,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("%w: client_secret: %v", ErrCredential, err)
-		}
-		return c, nil
+		return build(secret)
 
 	case CredClientCertificate:
 		if err := needTenantAndClient(cfg); err != nil {
