@@ -40,6 +40,7 @@ func DefaultMethodRoles() map[string]string {
 		keybrokerv1.KeyBrokerService_GetMasterKey_FullMethodName:  RoleEngine,
 		keybrokerv1.KeyBrokerService_WrapDEK_FullMethodName:       RoleEngine,
 		keybrokerv1.KeyBrokerService_UnwrapDEK_FullMethodName:     RoleEngine,
+		keybrokerv1.KeyBrokerService_RewrapDEK_FullMethodName:     RoleEngine,
 		keybrokerv1.KeyBrokerService_GetStatus_FullMethodName:     RoleEngine,
 		keybrokerv1.KeyBrokerService_WatchKeyState_FullMethodName: RoleEngine,
 		keybrokerv1.KeyBrokerService_RotateDEK_FullMethodName:     RoleAdmin,

@@ -140,7 +140,7 @@ func (x KeyStateEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyStateEvent_Kind.Descriptor instead.
 func (KeyStateEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{15, 0}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{17, 0}
 }
 
 type GetMasterKeyRequest struct {
@@ -515,6 +515,132 @@ func (x *UnwrapDEKResponse) GetRewrapRecommended() bool {
 	return false
 }
 
+type RewrapDEKRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name of the key the blob belongs to; empty accepts the key the blob names.
+	KeyName string `protobuf:"bytes,1,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
+	// A blob made by WrapDEK (or RewrapDEK).
+	WrappedDek []byte `protobuf:"bytes,2,opt,name=wrapped_dek,json=wrappedDek,proto3" json:"wrapped_dek,omitempty"`
+	// The associated data the blob was wrapped with; the new blob binds the same.
+	AssociatedData []byte `protobuf:"bytes,3,opt,name=associated_data,json=associatedData,proto3" json:"associated_data,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RewrapDEKRequest) Reset() {
+	*x = RewrapDEKRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapDEKRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapDEKRequest) ProtoMessage() {}
+
+func (x *RewrapDEKRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapDEKRequest.ProtoReflect.Descriptor instead.
+func (*RewrapDEKRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RewrapDEKRequest) GetKeyName() string {
+	if x != nil {
+		return x.KeyName
+	}
+	return ""
+}
+
+func (x *RewrapDEKRequest) GetWrappedDek() []byte {
+	if x != nil {
+		return x.WrappedDek
+	}
+	return nil
+}
+
+func (x *RewrapDEKRequest) GetAssociatedData() []byte {
+	if x != nil {
+		return x.AssociatedData
+	}
+	return nil
+}
+
+type RewrapDEKResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The same data key sealed under the newest master-key version.
+	WrappedDek []byte `protobuf:"bytes,1,opt,name=wrapped_dek,json=wrappedDek,proto3" json:"wrapped_dek,omitempty"`
+	// The master-key version of the new blob.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The master-key version the given blob was wrapped under.
+	PreviousVersion string `protobuf:"bytes,3,opt,name=previous_version,json=previousVersion,proto3" json:"previous_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RewrapDEKResponse) Reset() {
+	*x = RewrapDEKResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapDEKResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapDEKResponse) ProtoMessage() {}
+
+func (x *RewrapDEKResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapDEKResponse.ProtoReflect.Descriptor instead.
+func (*RewrapDEKResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RewrapDEKResponse) GetWrappedDek() []byte {
+	if x != nil {
+		return x.WrappedDek
+	}
+	return nil
+}
+
+func (x *RewrapDEKResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *RewrapDEKResponse) GetPreviousVersion() string {
+	if x != nil {
+		return x.PreviousVersion
+	}
+	return ""
+}
+
 type RotateDEKRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	KeyName       string                 `protobuf:"bytes,1,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
@@ -524,7 +650,7 @@ type RotateDEKRequest struct {
 
 func (x *RotateDEKRequest) Reset() {
 	*x = RotateDEKRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +662,7 @@ func (x *RotateDEKRequest) String() string {
 func (*RotateDEKRequest) ProtoMessage() {}
 
 func (x *RotateDEKRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[6]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +675,7 @@ func (x *RotateDEKRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateDEKRequest.ProtoReflect.Descriptor instead.
 func (*RotateDEKRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{6}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RotateDEKRequest) GetKeyName() string {
@@ -571,7 +697,7 @@ type RotateDEKResponse struct {
 
 func (x *RotateDEKResponse) Reset() {
 	*x = RotateDEKResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +709,7 @@ func (x *RotateDEKResponse) String() string {
 func (*RotateDEKResponse) ProtoMessage() {}
 
 func (x *RotateDEKResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[7]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +722,7 @@ func (x *RotateDEKResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateDEKResponse.ProtoReflect.Descriptor instead.
 func (*RotateDEKResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{7}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RotateDEKResponse) GetVersion() string {
@@ -628,7 +754,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +766,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +779,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{8}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{10}
 }
 
 type GetStatusResponse struct {
@@ -674,7 +800,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +812,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +825,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{9}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetStatusResponse) GetState() State {
@@ -778,7 +904,7 @@ type RegionStatus struct {
 
 func (x *RegionStatus) Reset() {
 	*x = RegionStatus{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +916,7 @@ func (x *RegionStatus) String() string {
 func (*RegionStatus) ProtoMessage() {}
 
 func (x *RegionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +929,7 @@ func (x *RegionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionStatus.ProtoReflect.Descriptor instead.
 func (*RegionStatus) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{10}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegionStatus) GetName() string {
@@ -887,7 +1013,7 @@ type KeyStatus struct {
 
 func (x *KeyStatus) Reset() {
 	*x = KeyStatus{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +1025,7 @@ func (x *KeyStatus) String() string {
 func (*KeyStatus) ProtoMessage() {}
 
 func (x *KeyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +1038,7 @@ func (x *KeyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyStatus.ProtoReflect.Descriptor instead.
 func (*KeyStatus) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{11}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KeyStatus) GetName() string {
@@ -983,7 +1109,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1121,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1134,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{12}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Alert) GetCode() string {
@@ -1040,7 +1166,7 @@ type WatchKeyStateRequest struct {
 
 func (x *WatchKeyStateRequest) Reset() {
 	*x = WatchKeyStateRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1178,7 @@ func (x *WatchKeyStateRequest) String() string {
 func (*WatchKeyStateRequest) ProtoMessage() {}
 
 func (x *WatchKeyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1191,7 @@ func (x *WatchKeyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchKeyStateRequest.ProtoReflect.Descriptor instead.
 func (*WatchKeyStateRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{13}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{15}
 }
 
 type WatchKeyStateResponse struct {
@@ -1077,7 +1203,7 @@ type WatchKeyStateResponse struct {
 
 func (x *WatchKeyStateResponse) Reset() {
 	*x = WatchKeyStateResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1215,7 @@ func (x *WatchKeyStateResponse) String() string {
 func (*WatchKeyStateResponse) ProtoMessage() {}
 
 func (x *WatchKeyStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1228,7 @@ func (x *WatchKeyStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchKeyStateResponse.ProtoReflect.Descriptor instead.
 func (*WatchKeyStateResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{14}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchKeyStateResponse) GetEvent() *KeyStateEvent {
@@ -1124,7 +1250,7 @@ type KeyStateEvent struct {
 
 func (x *KeyStateEvent) Reset() {
 	*x = KeyStateEvent{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1262,7 @@ func (x *KeyStateEvent) String() string {
 func (*KeyStateEvent) ProtoMessage() {}
 
 func (x *KeyStateEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1275,7 @@ func (x *KeyStateEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyStateEvent.ProtoReflect.Descriptor instead.
 func (*KeyStateEvent) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{15}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KeyStateEvent) GetKind() KeyStateEvent_Kind {
@@ -1188,7 +1314,7 @@ type RevalidateRequest struct {
 
 func (x *RevalidateRequest) Reset() {
 	*x = RevalidateRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1326,7 @@ func (x *RevalidateRequest) String() string {
 func (*RevalidateRequest) ProtoMessage() {}
 
 func (x *RevalidateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1339,7 @@ func (x *RevalidateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevalidateRequest.ProtoReflect.Descriptor instead.
 func (*RevalidateRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{16}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{18}
 }
 
 type RevalidateResponse struct {
@@ -1227,7 +1353,7 @@ type RevalidateResponse struct {
 
 func (x *RevalidateResponse) Reset() {
 	*x = RevalidateResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1365,7 @@ func (x *RevalidateResponse) String() string {
 func (*RevalidateResponse) ProtoMessage() {}
 
 func (x *RevalidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1378,7 @@ func (x *RevalidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevalidateResponse.ProtoReflect.Descriptor instead.
 func (*RevalidateResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{17}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevalidateResponse) GetState() State {
@@ -1307,7 +1433,17 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x11UnwrapDEKResponse\x12\x10\n" +
 	"\x03dek\x18\x01 \x01(\fR\x03dek\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12-\n" +
-	"\x12rewrap_recommended\x18\x03 \x01(\bR\x11rewrapRecommended\"-\n" +
+	"\x12rewrap_recommended\x18\x03 \x01(\bR\x11rewrapRecommended\"w\n" +
+	"\x10RewrapDEKRequest\x12\x19\n" +
+	"\bkey_name\x18\x01 \x01(\tR\akeyName\x12\x1f\n" +
+	"\vwrapped_dek\x18\x02 \x01(\fR\n" +
+	"wrappedDek\x12'\n" +
+	"\x0fassociated_data\x18\x03 \x01(\fR\x0eassociatedData\"y\n" +
+	"\x11RewrapDEKResponse\x12\x1f\n" +
+	"\vwrapped_dek\x18\x01 \x01(\fR\n" +
+	"wrappedDek\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12)\n" +
+	"\x10previous_version\x18\x03 \x01(\tR\x0fpreviousVersion\"-\n" +
 	"\x10RotateDEKRequest\x12\x19\n" +
 	"\bkey_name\x18\x01 \x01(\tR\akeyName\"\x8e\x01\n" +
 	"\x11RotateDEKResponse\x12\x18\n" +
@@ -1375,12 +1511,13 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATE_SERVING\x10\x01\x12\x12\n" +
 	"\x0eSTATE_DEGRADED\x10\x02\x12\x10\n" +
-	"\fSTATE_PAUSED\x10\x032\xc8\x04\n" +
+	"\fSTATE_PAUSED\x10\x032\x96\x05\n" +
 	"\x10KeyBrokerService\x12U\n" +
 	"\fGetMasterKey\x12!.keybroker.v1.GetMasterKeyRequest\x1a\".keybroker.v1.GetMasterKeyResponse\x12F\n" +
 	"\aWrapDEK\x12\x1c.keybroker.v1.WrapDEKRequest\x1a\x1d.keybroker.v1.WrapDEKResponse\x12L\n" +
 	"\tUnwrapDEK\x12\x1e.keybroker.v1.UnwrapDEKRequest\x1a\x1f.keybroker.v1.UnwrapDEKResponse\x12L\n" +
 	"\tRotateDEK\x12\x1e.keybroker.v1.RotateDEKRequest\x1a\x1f.keybroker.v1.RotateDEKResponse\x12L\n" +
+	"\tRewrapDEK\x12\x1e.keybroker.v1.RewrapDEKRequest\x1a\x1f.keybroker.v1.RewrapDEKResponse\x12L\n" +
 	"\tGetStatus\x12\x1e.keybroker.v1.GetStatusRequest\x1a\x1f.keybroker.v1.GetStatusResponse\x12Z\n" +
 	"\rWatchKeyState\x12\".keybroker.v1.WatchKeyStateRequest\x1a#.keybroker.v1.WatchKeyStateResponse0\x01\x12O\n" +
 	"\n" +
@@ -1399,7 +1536,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(State)(0),                    // 0: keybroker.v1.State
 	(KeyStateEvent_Kind)(0),       // 1: keybroker.v1.KeyStateEvent.Kind
@@ -1409,52 +1546,56 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*WrapDEKResponse)(nil),       // 5: keybroker.v1.WrapDEKResponse
 	(*UnwrapDEKRequest)(nil),      // 6: keybroker.v1.UnwrapDEKRequest
 	(*UnwrapDEKResponse)(nil),     // 7: keybroker.v1.UnwrapDEKResponse
-	(*RotateDEKRequest)(nil),      // 8: keybroker.v1.RotateDEKRequest
-	(*RotateDEKResponse)(nil),     // 9: keybroker.v1.RotateDEKResponse
-	(*GetStatusRequest)(nil),      // 10: keybroker.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),     // 11: keybroker.v1.GetStatusResponse
-	(*RegionStatus)(nil),          // 12: keybroker.v1.RegionStatus
-	(*KeyStatus)(nil),             // 13: keybroker.v1.KeyStatus
-	(*Alert)(nil),                 // 14: keybroker.v1.Alert
-	(*WatchKeyStateRequest)(nil),  // 15: keybroker.v1.WatchKeyStateRequest
-	(*WatchKeyStateResponse)(nil), // 16: keybroker.v1.WatchKeyStateResponse
-	(*KeyStateEvent)(nil),         // 17: keybroker.v1.KeyStateEvent
-	(*RevalidateRequest)(nil),     // 18: keybroker.v1.RevalidateRequest
-	(*RevalidateResponse)(nil),    // 19: keybroker.v1.RevalidateResponse
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*RewrapDEKRequest)(nil),      // 8: keybroker.v1.RewrapDEKRequest
+	(*RewrapDEKResponse)(nil),     // 9: keybroker.v1.RewrapDEKResponse
+	(*RotateDEKRequest)(nil),      // 10: keybroker.v1.RotateDEKRequest
+	(*RotateDEKResponse)(nil),     // 11: keybroker.v1.RotateDEKResponse
+	(*GetStatusRequest)(nil),      // 12: keybroker.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),     // 13: keybroker.v1.GetStatusResponse
+	(*RegionStatus)(nil),          // 14: keybroker.v1.RegionStatus
+	(*KeyStatus)(nil),             // 15: keybroker.v1.KeyStatus
+	(*Alert)(nil),                 // 16: keybroker.v1.Alert
+	(*WatchKeyStateRequest)(nil),  // 17: keybroker.v1.WatchKeyStateRequest
+	(*WatchKeyStateResponse)(nil), // 18: keybroker.v1.WatchKeyStateResponse
+	(*KeyStateEvent)(nil),         // 19: keybroker.v1.KeyStateEvent
+	(*RevalidateRequest)(nil),     // 20: keybroker.v1.RevalidateRequest
+	(*RevalidateResponse)(nil),    // 21: keybroker.v1.RevalidateResponse
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	20, // 0: keybroker.v1.GetMasterKeyResponse.created:type_name -> google.protobuf.Timestamp
-	20, // 1: keybroker.v1.RotateDEKResponse.created:type_name -> google.protobuf.Timestamp
+	22, // 0: keybroker.v1.GetMasterKeyResponse.created:type_name -> google.protobuf.Timestamp
+	22, // 1: keybroker.v1.RotateDEKResponse.created:type_name -> google.protobuf.Timestamp
 	0,  // 2: keybroker.v1.GetStatusResponse.state:type_name -> keybroker.v1.State
-	12, // 3: keybroker.v1.GetStatusResponse.regions:type_name -> keybroker.v1.RegionStatus
-	13, // 4: keybroker.v1.GetStatusResponse.keys:type_name -> keybroker.v1.KeyStatus
-	20, // 5: keybroker.v1.GetStatusResponse.last_validation:type_name -> google.protobuf.Timestamp
-	14, // 6: keybroker.v1.GetStatusResponse.alerts:type_name -> keybroker.v1.Alert
-	20, // 7: keybroker.v1.GetStatusResponse.since:type_name -> google.protobuf.Timestamp
-	20, // 8: keybroker.v1.KeyStatus.current_version_created:type_name -> google.protobuf.Timestamp
-	20, // 9: keybroker.v1.Alert.since:type_name -> google.protobuf.Timestamp
-	17, // 10: keybroker.v1.WatchKeyStateResponse.event:type_name -> keybroker.v1.KeyStateEvent
+	14, // 3: keybroker.v1.GetStatusResponse.regions:type_name -> keybroker.v1.RegionStatus
+	15, // 4: keybroker.v1.GetStatusResponse.keys:type_name -> keybroker.v1.KeyStatus
+	22, // 5: keybroker.v1.GetStatusResponse.last_validation:type_name -> google.protobuf.Timestamp
+	16, // 6: keybroker.v1.GetStatusResponse.alerts:type_name -> keybroker.v1.Alert
+	22, // 7: keybroker.v1.GetStatusResponse.since:type_name -> google.protobuf.Timestamp
+	22, // 8: keybroker.v1.KeyStatus.current_version_created:type_name -> google.protobuf.Timestamp
+	22, // 9: keybroker.v1.Alert.since:type_name -> google.protobuf.Timestamp
+	19, // 10: keybroker.v1.WatchKeyStateResponse.event:type_name -> keybroker.v1.KeyStateEvent
 	1,  // 11: keybroker.v1.KeyStateEvent.kind:type_name -> keybroker.v1.KeyStateEvent.Kind
 	0,  // 12: keybroker.v1.KeyStateEvent.state:type_name -> keybroker.v1.State
-	20, // 13: keybroker.v1.KeyStateEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 13: keybroker.v1.KeyStateEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 14: keybroker.v1.RevalidateResponse.state:type_name -> keybroker.v1.State
 	2,  // 15: keybroker.v1.KeyBrokerService.GetMasterKey:input_type -> keybroker.v1.GetMasterKeyRequest
 	4,  // 16: keybroker.v1.KeyBrokerService.WrapDEK:input_type -> keybroker.v1.WrapDEKRequest
 	6,  // 17: keybroker.v1.KeyBrokerService.UnwrapDEK:input_type -> keybroker.v1.UnwrapDEKRequest
-	8,  // 18: keybroker.v1.KeyBrokerService.RotateDEK:input_type -> keybroker.v1.RotateDEKRequest
-	10, // 19: keybroker.v1.KeyBrokerService.GetStatus:input_type -> keybroker.v1.GetStatusRequest
-	15, // 20: keybroker.v1.KeyBrokerService.WatchKeyState:input_type -> keybroker.v1.WatchKeyStateRequest
-	18, // 21: keybroker.v1.KeyBrokerService.Revalidate:input_type -> keybroker.v1.RevalidateRequest
-	3,  // 22: keybroker.v1.KeyBrokerService.GetMasterKey:output_type -> keybroker.v1.GetMasterKeyResponse
-	5,  // 23: keybroker.v1.KeyBrokerService.WrapDEK:output_type -> keybroker.v1.WrapDEKResponse
-	7,  // 24: keybroker.v1.KeyBrokerService.UnwrapDEK:output_type -> keybroker.v1.UnwrapDEKResponse
-	9,  // 25: keybroker.v1.KeyBrokerService.RotateDEK:output_type -> keybroker.v1.RotateDEKResponse
-	11, // 26: keybroker.v1.KeyBrokerService.GetStatus:output_type -> keybroker.v1.GetStatusResponse
-	16, // 27: keybroker.v1.KeyBrokerService.WatchKeyState:output_type -> keybroker.v1.WatchKeyStateResponse
-	19, // 28: keybroker.v1.KeyBrokerService.Revalidate:output_type -> keybroker.v1.RevalidateResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
+	10, // 18: keybroker.v1.KeyBrokerService.RotateDEK:input_type -> keybroker.v1.RotateDEKRequest
+	8,  // 19: keybroker.v1.KeyBrokerService.RewrapDEK:input_type -> keybroker.v1.RewrapDEKRequest
+	12, // 20: keybroker.v1.KeyBrokerService.GetStatus:input_type -> keybroker.v1.GetStatusRequest
+	17, // 21: keybroker.v1.KeyBrokerService.WatchKeyState:input_type -> keybroker.v1.WatchKeyStateRequest
+	20, // 22: keybroker.v1.KeyBrokerService.Revalidate:input_type -> keybroker.v1.RevalidateRequest
+	3,  // 23: keybroker.v1.KeyBrokerService.GetMasterKey:output_type -> keybroker.v1.GetMasterKeyResponse
+	5,  // 24: keybroker.v1.KeyBrokerService.WrapDEK:output_type -> keybroker.v1.WrapDEKResponse
+	7,  // 25: keybroker.v1.KeyBrokerService.UnwrapDEK:output_type -> keybroker.v1.UnwrapDEKResponse
+	11, // 26: keybroker.v1.KeyBrokerService.RotateDEK:output_type -> keybroker.v1.RotateDEKResponse
+	9,  // 27: keybroker.v1.KeyBrokerService.RewrapDEK:output_type -> keybroker.v1.RewrapDEKResponse
+	13, // 28: keybroker.v1.KeyBrokerService.GetStatus:output_type -> keybroker.v1.GetStatusResponse
+	18, // 29: keybroker.v1.KeyBrokerService.WatchKeyState:output_type -> keybroker.v1.WatchKeyStateResponse
+	21, // 30: keybroker.v1.KeyBrokerService.Revalidate:output_type -> keybroker.v1.RevalidateResponse
+	23, // [23:31] is the sub-list for method output_type
+	15, // [15:23] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -1471,7 +1612,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

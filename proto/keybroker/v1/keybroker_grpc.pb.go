@@ -28,6 +28,7 @@ const (
 	KeyBrokerService_WrapDEK_FullMethodName       = "/keybroker.v1.KeyBrokerService/WrapDEK"
 	KeyBrokerService_UnwrapDEK_FullMethodName     = "/keybroker.v1.KeyBrokerService/UnwrapDEK"
 	KeyBrokerService_RotateDEK_FullMethodName     = "/keybroker.v1.KeyBrokerService/RotateDEK"
+	KeyBrokerService_RewrapDEK_FullMethodName     = "/keybroker.v1.KeyBrokerService/RewrapDEK"
 	KeyBrokerService_GetStatus_FullMethodName     = "/keybroker.v1.KeyBrokerService/GetStatus"
 	KeyBrokerService_WatchKeyState_FullMethodName = "/keybroker.v1.KeyBrokerService/WatchKeyState"
 	KeyBrokerService_Revalidate_FullMethodName    = "/keybroker.v1.KeyBrokerService/Revalidate"
@@ -39,8 +40,8 @@ const (
 //
 // KeyBroker serves the node master key and wraps data keys under it.
 //
-// Roles: GetMasterKey, WrapDEK, UnwrapDEK, GetStatus and WatchKeyState need
-// the engine role; RotateDEK and Revalidate need the admin role. The admin
+// Roles: GetMasterKey, WrapDEK, UnwrapDEK, RewrapDEK, GetStatus and
+// WatchKeyState need the engine role; RotateDEK and Revalidate need the admin role. The admin
 // role may call every RPC.
 type KeyBrokerServiceClient interface {
 	// GetMasterKey returns the plaintext master key: the newest active version,
@@ -55,6 +56,9 @@ type KeyBrokerServiceClient interface {
 	// RotateDEK makes a new master-key version, wraps it under every configured
 	// CMK and persists it before it is ever served.
 	RotateDEK(ctx context.Context, in *RotateDEKRequest, opts ...grpc.CallOption) (*RotateDEKResponse, error)
+	// RewrapDEK re-wraps a blob made by WrapDEK under the newest master-key
+	// version of its key, in one call: the data key never leaves the broker.
+	RewrapDEK(ctx context.Context, in *RewrapDEKRequest, opts ...grpc.CallOption) (*RewrapDEKResponse, error)
 	// GetStatus reports the broker's state, per-region health, key versions,
 	// the last validation and open alerts.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
@@ -112,6 +116,16 @@ func (c *keyBrokerServiceClient) RotateDEK(ctx context.Context, in *RotateDEKReq
 	return out, nil
 }
 
+func (c *keyBrokerServiceClient) RewrapDEK(ctx context.Context, in *RewrapDEKRequest, opts ...grpc.CallOption) (*RewrapDEKResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RewrapDEKResponse)
+	err := c.cc.Invoke(ctx, KeyBrokerService_RewrapDEK_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keyBrokerServiceClient) GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetStatusResponse)
@@ -157,8 +171,8 @@ func (c *keyBrokerServiceClient) Revalidate(ctx context.Context, in *RevalidateR
 //
 // KeyBroker serves the node master key and wraps data keys under it.
 //
-// Roles: GetMasterKey, WrapDEK, UnwrapDEK, GetStatus and WatchKeyState need
-// the engine role; RotateDEK and Revalidate need the admin role. The admin
+// Roles: GetMasterKey, WrapDEK, UnwrapDEK, RewrapDEK, GetStatus and
+// WatchKeyState need the engine role; RotateDEK and Revalidate need the admin role. The admin
 // role may call every RPC.
 type KeyBrokerServiceServer interface {
 	// GetMasterKey returns the plaintext master key: the newest active version,
@@ -173,6 +187,9 @@ type KeyBrokerServiceServer interface {
 	// RotateDEK makes a new master-key version, wraps it under every configured
 	// CMK and persists it before it is ever served.
 	RotateDEK(context.Context, *RotateDEKRequest) (*RotateDEKResponse, error)
+	// RewrapDEK re-wraps a blob made by WrapDEK under the newest master-key
+	// version of its key, in one call: the data key never leaves the broker.
+	RewrapDEK(context.Context, *RewrapDEKRequest) (*RewrapDEKResponse, error)
 	// GetStatus reports the broker's state, per-region health, key versions,
 	// the last validation and open alerts.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
@@ -201,6 +218,9 @@ func (UnimplementedKeyBrokerServiceServer) UnwrapDEK(context.Context, *UnwrapDEK
 }
 func (UnimplementedKeyBrokerServiceServer) RotateDEK(context.Context, *RotateDEKRequest) (*RotateDEKResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateDEK not implemented")
+}
+func (UnimplementedKeyBrokerServiceServer) RewrapDEK(context.Context, *RewrapDEKRequest) (*RewrapDEKResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RewrapDEK not implemented")
 }
 func (UnimplementedKeyBrokerServiceServer) GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
@@ -304,6 +324,24 @@ func _KeyBrokerService_RotateDEK_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyBrokerService_RewrapDEK_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapDEKRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyBrokerServiceServer).RewrapDEK(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyBrokerService_RewrapDEK_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyBrokerServiceServer).RewrapDEK(ctx, req.(*RewrapDEKRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KeyBrokerService_GetStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetStatusRequest)
 	if err := dec(in); err != nil {
@@ -373,6 +411,10 @@ var KeyBrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateDEK",
 			Handler:    _KeyBrokerService_RotateDEK_Handler,
+		},
+		{
+			MethodName: "RewrapDEK",
+			Handler:    _KeyBrokerService_RewrapDEK_Handler,
 		},
 		{
 			MethodName: "GetStatus",
