@@ -9,7 +9,7 @@ FUZZTIME  ?= 10s
 # Go packages and their fuzz targets: "pkg:FuzzName" pairs.
 FUZZ_TARGETS ?= ./internal/config:FuzzParse ./internal/envelope:FuzzParse ./internal/envelope:FuzzOpen ./internal/envelope:FuzzSealOpen ./internal/mtls:FuzzParseIdentity ./internal/mtls:FuzzParseKeyPair ./internal/pki:FuzzParsePEM ./internal/pki:FuzzClientIdentity ./internal/keystore:FuzzDecodeFile ./internal/keystore:FuzzDecodeBody ./internal/failover:FuzzKeyBase ./internal/kek/kektest:FuzzCheckKeyID ./internal/akv:FuzzParseKeyID ./internal/akv:FuzzRetryAfter ./internal/akv:FuzzParseErrorBody ./internal/akvemu:FuzzWrapRequest ./internal/akvemu:FuzzKeyRequests ./internal/akvemu:FuzzVaultRoute ./internal/akvemu:FuzzFault ./internal/akvemu:FuzzTokenRequest ./cmd/akv-emulator:FuzzParseFlagValues ./cmd/kbload:FuzzParseGhzReport ./cmd/kbload:FuzzParseDevInfo
 
-.PHONY: all build run test test-go lint fmt vet staticcheck generate generate-check fuzz bench clean
+.PHONY: all build run test test-go lint fmt vet staticcheck generate generate-check fuzz bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean
 
 all: build
 
@@ -20,8 +20,8 @@ build:
 run: build
 	$(BIN)/keybroker dev --dir $(DEV_DIR)
 
-## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector), short fuzzing.
-test: generate-check lint test-go fuzz
+## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector), short fuzzing, a one-minute soak.
+test: generate-check lint test-go fuzz soak-ci
 
 test-go:
 	$(GO) test -race -count=1 -timeout 12m ./...
@@ -64,6 +64,37 @@ fuzz:
 ## bench: kbload bench against a fresh `keybroker dev` (docs/bench.md); tune with BENCH_FLAGS="--rounds 5 --no-fail".
 bench: build
 	$(BIN)/kbload bench --keybroker $(BIN)/keybroker $(BENCH_FLAGS)
+
+## bench-failover: the cold path while the primary region is black-holed, then answers 503 (docs/failover.md).
+bench-failover: build
+	$(BIN)/kbload bench-failover --keybroker $(BIN)/keybroker $(BENCH_FAILOVER_FLAGS)
+
+## bench-revocation: revoke the key under GetMasterKey load (ghz + timestamped workers): time to PAUSE, keys served after it (docs/revocation.md).
+bench-revocation: build
+	$(BIN)/kbload bench-revocation --keybroker $(BIN)/keybroker
+
+## test-revocation-long: every outage kind held for 30 validity intervals (make test holds each for 4).
+test-revocation-long:
+	$(GO) test -count=1 -timeout 10m -parallel 8 -run 'TestRevocationOutageNeverPauses' ./cmd/keybroker/ -args -outage-intervals=30
+
+DURATION ?= 10m
+
+## load: the ghz scenarios of load/ against keybroker dev: a table, ghz JSON+HTML reports in load/reports/ (docs/observability.md).
+load: build
+	$(BIN)/kbload load --keybroker $(BIN)/keybroker $(LOAD_FLAGS)
+
+## soak: GetMasterKey load for DURATION sampling /metrics; fails on any error or growing memory/goroutines.
+soak: build
+	$(BIN)/kbload soak --keybroker $(BIN)/keybroker --duration $(DURATION)
+
+## soak-ci: the one-minute soak make test runs.
+soak-ci:
+	$(MAKE) soak DURATION=1m
+
+CRASH_KILLS ?= 200
+## crashtest: SIGKILL the broker at random instants of init, rotations and CMK rewraps; check the keystore after each (make test runs 20 kills).
+crashtest:
+	KEYBROKER_CRASHTEST_KILLS=$(CRASH_KILLS) $(GO) test -race -count=1 -timeout 30m -v -run '^TestCrashRotation$$' ./cmd/keybroker/
 
 clean:
 	rm -rf $(BIN) $(DEV_DIR)

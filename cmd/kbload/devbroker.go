@@ -42,6 +42,7 @@ type devInfo struct {
 	AdminKey   string `json:"admin_key"`
 	KeyID      string `json:"key_id"`
 	ControlURL string `json:"control_url"`
+	AdminURL   string `json:"admin_url"` // the admin listener (/metrics); checked by checkAdminURL where used
 }
 
 // parseDevInfo reads the JSON line of `keybroker dev`. It insists on

@@ -59,6 +59,10 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"bench", "throughput of the key RPCs against Health/Check, and zero Key Vault calls on the hot path", runBench},
+		{"bench-revocation", "revoke the key under GetMasterKey load: time to the PAUSE event, keys served after it (docs/revocation.md)", runBenchRevocation},
+		{"load", "the ghz scenarios of load/ (steady, mix, burst, cold-start storm), with a table and HTML reports", runLoad},
+		{"soak", "steady load for --duration, sampling /metrics: no failed call, no growing memory or goroutines", runSoak},
+		{"bench-failover", "the cold path while the primary region is black-holed, then answers 503: errors, p50/p99 (docs/failover.md)", runBenchFailover},
 	}
 }
 

@@ -35,6 +35,7 @@ type devInfo struct {
 	AdminKey   string `json:"admin_key"`
 	KeyID      string `json:"key_id"`
 	ControlURL string `json:"control_url"`
+	AdminURL   string `json:"admin_url"` // /metrics, /healthz, /readyz
 	Emulator   any    `json:"emulator"`
 }
 
@@ -91,7 +92,7 @@ func runDev(ctx context.Context, e *env, args []string) error {
 			Address: at.Address, UnixSocket: at.Unix, Config: cfgPath, Keystore: cfg.Keystore.Dir,
 			CA: files.CA, EngineCert: files.EngineCert, EngineKey: files.EngineKey,
 			AdminCert: files.AdminCert, AdminKey: files.AdminKey,
-			KeyID: info.KeyIDs[0], ControlURL: info.ControlURL, Emulator: info,
+			KeyID: info.KeyIDs[0], ControlURL: info.ControlURL, AdminURL: at.Admin, Emulator: info,
 		})
 		fmt.Fprintln(e.stdout, string(line))
 		fmt.Fprint(e.stdout, devHint(abs, at.Address, files))
@@ -133,6 +134,8 @@ azure:
 log:
   level: info
   format: text
+admin:
+  address: "127.0.0.1:0"
 `, q(filepath.Join(dir, devKeystoreDir)), q(addr), q(filepath.Join(dir, devSocketFile)),
 		q(files.ServerCert), q(files.ServerKey), q(files.CA),
 		q(files.EngineIdentity), q(files.AdminIdentity),

@@ -38,17 +38,24 @@ func (r regionWrapper) RegionStatus() []broker.RegionStatus {
 
 // newFailover puts the regional adapters, in configured order, behind the
 // failover wrapper.
-func newFailover(cfg *config.Config, regions []*akv.Wrapper, logger *slog.Logger) (broker.KeyWrapper, func(), error) {
+func newFailover(cfg *config.Config, regions []*akv.Wrapper, logger *slog.Logger, obs *observability) (broker.KeyWrapper, func(), error) {
 	fc := failover.Config{
 		HedgeDelay:    cfg.Azure.Failover.HedgeDelay.D(),
 		FailBackAfter: cfg.Azure.Failover.FailBackAfter,
 		ProbeInterval: cfg.Azure.Failover.ProbeInterval.D(),
 		Logger:        logger,
+		OnEvent:       obs.failoverEvents(),
+	}
+	if p := fc.ProbeInterval; p > 0 && p < failover.DefaultBaseBackoff {
+		// The breaker's backoff is capped by the probe interval: a short
+		// interval (tests, or an impatient operator) would otherwise put
+		// the default base above its cap and fail failover.New.
+		fc.BaseBackoff = p
 	}
 	vaults := make(map[string]string)
 	for i, w := range regions {
 		r := cfg.Azure.Regions[i]
-		fc.Regions = append(fc.Regions, failover.Region{Name: r.Name, Wrapper: w, Timeout: r.Timeout.D(), KeyID: w.KeyID()})
+		fc.Regions = append(fc.Regions, failover.Region{Name: r.Name, Wrapper: obs.instrument(r.Name, w), Timeout: r.Timeout.D(), KeyID: w.KeyID()})
 		vaults[r.Name] = r.VaultURL
 		if r.VaultURL == "" {
 			vault, _, _ := strings.Cut(w.KeyID(), "/keys/")
@@ -59,5 +66,6 @@ func newFailover(cfg *config.Config, regions []*akv.Wrapper, logger *slog.Logger
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
+	obs.watchRegions(fw)
 	return regionWrapper{Wrapper: fw, vaults: vaults}, func() { fw.Close() }, nil
 }

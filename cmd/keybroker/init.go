@@ -50,7 +50,15 @@ func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, 
 	if err != nil {
 		return false, withCode(exitUsage, err)
 	}
+	resume := false
 	if exists {
+		// A keystore without any key is an init killed between creating the
+		// keystore and persisting the key: finish it, or nothing can serve.
+		if resume, err = keystoreEmpty(cfg.Keystore.Dir); err != nil {
+			return false, withCode(exitUsage, err)
+		}
+	}
+	if exists && !resume {
 		if ifMissing {
 			return false, nil
 		}
@@ -65,7 +73,12 @@ func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, 
 	if err != nil {
 		return false, withCode(vaultExitCode(err), fmt.Errorf("wrapping a new master key with the customer key: %w (nothing was written)", err))
 	}
-	store, err := keystore.Create(cfg.Keystore.Dir, keystore.Options{})
+	create := keystore.Create
+	if resume {
+		logger.Warn("the keystore holds no key: an earlier init was interrupted, finishing it", "dir", cfg.Keystore.Dir)
+		create = keystore.Open
+	}
+	store, err := create(cfg.Keystore.Dir, keystore.Options{})
 	if err != nil {
 		if errors.Is(err, keystore.ErrExists) && ifMissing {
 			return false, nil
@@ -78,4 +91,14 @@ func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, 
 	}
 	logger.Info("keystore created", "dir", cfg.Keystore.Dir, "key", cfg.Keystore.DefaultKey, "version", v.ID, "cmk", v.Copies[0].KeyID)
 	return true, nil
+}
+
+// keystoreEmpty reports whether the keystore in dir holds no key at all.
+func keystoreEmpty(dir string) (bool, error) {
+	s, err := keystore.Open(dir, keystore.Options{ReadOnly: true})
+	if err != nil {
+		return false, err
+	}
+	defer s.Close()
+	return len(s.Keys()) == 0, nil
 }

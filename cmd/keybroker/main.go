@@ -31,6 +31,7 @@ const (
 	exitNotFound    = 6 // key or version not found
 	exitExists      = 7 // init: a keystore already exists (use --if-missing)
 	exitCheckFailed = 8 // check: the pre-flight found a problem
+	exitPaused      = 9 // watch --exit-on-pause: the broker paused (revocation)
 )
 
 // exitError carries the process exit code with an error.
@@ -77,6 +78,9 @@ func commands() []command {
 		{"status", "show a running broker's state, regions and keys", runStatus},
 		{"rotate", "add a new master-key version (admin)", runRotate},
 		{"revalidate", "run the validity check now, the \"Try Again\" (admin)", runRevalidate},
+		{"watch", "print the broker's state changes as JSON lines; run commands on pause and resume", runWatch},
+		{"rewrap", "add the wrapped copies a configured region's key lacks (broker stopped)", runRewrap},
+		{"rotate-cmk", "rewrap the master keys under a new customer key, or drop the old copies with --finalize (broker stopped)", runRotateCMK},
 	}
 }
 

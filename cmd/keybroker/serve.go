@@ -75,6 +75,10 @@ func newLogger(w io.Writer, c config.Log) (*slog.Logger, error) {
 type listening struct {
 	Address string // TCP host:port, "" when not configured
 	Unix    string // socket path, "" when not configured
+	Admin   string // admin listener URL (http://host:port), "" when not configured
+	// Broker is the running service, for in-process tests that look at
+	// what it holds in memory.
+	Broker *broker.Broker
 }
 
 // serve runs the broker until ctx ends: open the keystore, load the keys
@@ -91,12 +95,22 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		return withCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
 	}
 	defer store.Close()
+	addCopiesAtStart(ctx, cfg, store, logger)
 
-	wrapper, closeWrapper, err := buildWrapper(cfg, logger)
+	obs, err := newObservability(ctx, cfg, logger) // telemetry.go
+	if err != nil {
+		return err
+	}
+	defer obs.close()
+
+	wrapper, closeWrapper, err := buildObservedWrapper(cfg, logger, obs)
 	if err != nil {
 		return err
 	}
 	defer closeWrapper()
+	if wrapper, err = withPreviousKeys(cfg, store, wrapper, logger); err != nil { // rotatecmk.go
+		return err
+	}
 
 	b, err := broker.New(broker.Config{
 		Store:      store,
@@ -107,12 +121,18 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 			TTL:      cfg.Cache.TTL.D(),
 			MaxStale: cfg.Cache.MaxStale.D(),
 		},
-		Logger: logger,
+		Logger:   logger,
+		Rotation: rotationConfig(cfg.Rotation),
+		Metrics:  obs.brokerMetrics(),
 	})
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
 	defer b.Close()
+	adminURL, err := obs.start(ctx, cfg.Admin.Address, b)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
 
 	tlsCfg, err := mtls.ServerTLS(mtls.ServerConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
 	if err != nil {
@@ -135,16 +155,19 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		}
 	}
 	cancel()
+	defer startRotation(ctx, b, logger)() // rotatecmk.go: CMK rewrap at start, then the rotation scheduler
 
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
-		grpc.ChainUnaryInterceptor(authz.UnaryInterceptor()),
+		grpc.ChainUnaryInterceptor(authz.UnaryInterceptor(), b.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(authz.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(64<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		obs.serverOption(),
 	)
 	b.Register(srv)
 	reflection.Register(srv)
+	obs.registered(srv)
 
 	var lis []net.Listener
 	closeAll := func() {
@@ -152,7 +175,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 			l.Close()
 		}
 	}
-	var at listening
+	at := listening{Broker: b, Admin: adminURL}
 	if cfg.Listen.Address != "" {
 		l, err := net.Listen("tcp", cfg.Listen.Address)
 		if err != nil {
@@ -179,7 +202,8 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	for _, l := range lis {
 		go func() { errc <- srv.Serve(l) }()
 	}
-	logger.Info("serving", "address", at.Address, "unix", at.Unix, "state", b.State().State.String())
+	obs.markServing()
+	logger.Info("serving", "address", at.Address, "unix", at.Unix, "admin", at.Admin, "state", b.State().State.String())
 	if ready != nil {
 		ready(at)
 	}
@@ -192,6 +216,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	}
 	logger.Info("shutting down: finishing RPCs in flight, then wiping keys")
 	stopped := make(chan struct{})
+	b.Shutdown() // ends the WatchKeyState streams, which would hold GracefulStop
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:

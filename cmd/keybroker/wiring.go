@@ -36,9 +36,29 @@ func azureEnvironment(a config.Azure) (akv.Environment, error) {
 // configured region, behind the failover wrapper when there are several.
 // The returned func releases what it started.
 func buildWrapper(cfg *config.Config, logger *slog.Logger) (broker.KeyWrapper, func(), error) {
-	env, err := azureEnvironment(cfg.Azure)
+	return buildObservedWrapper(cfg, logger, nil)
+}
+
+// buildObservedWrapper is buildWrapper with spans and metrics around every
+// region's Azure calls (telemetry.go); a nil obs instruments nothing.
+func buildObservedWrapper(cfg *config.Config, logger *slog.Logger, obs *observability) (broker.KeyWrapper, func(), error) {
+	regions, err := buildRegions(cfg, logger)
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(regions) == 1 {
+		return obs.instrument(cfg.Azure.Regions[0].Name, regions[0]), func() {}, nil
+	}
+	return newFailover(cfg, regions, logger, obs)
+}
+
+// buildRegions builds one Azure adapter per configured region, in the
+// configured order, sharing one credential. It does not touch the network.
+// Most callers want buildWrapper; rewrap needs the regions one by one.
+func buildRegions(cfg *config.Config, logger *slog.Logger) ([]*akv.Wrapper, error) {
+	env, err := azureEnvironment(cfg.Azure)
+	if err != nil {
+		return nil, err
 	}
 	c := cfg.Azure.Credential
 	cred, err := akv.NewCredential(akv.CredentialConfig{
@@ -52,7 +72,7 @@ func buildWrapper(cfg *config.Config, logger *slog.Logger) (broker.KeyWrapper, f
 		ManagedIdentityClientID: c.ManagedIdentityClientID,
 	}, env)
 	if err != nil {
-		return nil, nil, withCode(exitUsage, fmt.Errorf("azure.credential: %w", err))
+		return nil, withCode(exitUsage, fmt.Errorf("azure.credential: %w", err))
 	}
 	maxRetries := 0
 	if cfg.Azure.MaxRetries != nil {
@@ -75,12 +95,9 @@ func buildWrapper(cfg *config.Config, logger *slog.Logger) (broker.KeyWrapper, f
 			Logger:      logger,
 		})
 		if err != nil {
-			return nil, nil, withCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
+			return nil, withCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
 		}
 		regions = append(regions, w)
 	}
-	if len(regions) == 1 {
-		return regions[0], func() {}, nil
-	}
-	return newFailover(cfg, regions, logger)
+	return regions, nil
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -80,6 +81,37 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AfterFunc replaces time.AfterFunc for the scheduled validity checks
+	// (RunChecks), so tests can drive them with a fake clock; nil means
+	// time.AfterFunc. stop reports whether it stopped the timer.
+	AfterFunc func(d time.Duration, f func()) (stop func() bool)
+	// Rotation configures automatic master-key rotation, retention, CMK
+	// rewraps and the rotation alerts (RunRotation, RotateCMK); its timers
+	// come from AfterFunc too.
+	Rotation RotationConfig
+	// Metrics, if set, is told of every validity check and state change
+	// (internal/telemetry implements it); nil records nothing.
+	Metrics Metrics
+}
+
+// Metrics receives what the broker measures as it happens. Calls must
+// return quickly and must not call the Broker.
+type Metrics interface {
+	// ValidityCheck reports a finished validity check: the error that
+	// decided it (nil when every region gave access) and its duration.
+	ValidityCheck(err error, d time.Duration)
+	// StateChange reports that the broker entered state to.
+	StateChange(to State)
+}
+
+// Stats is a snapshot of the broker's counters, for telemetry.
+type Stats struct {
+	Cache      cache.Stats
+	CachedKeys int // master-key versions held in memory
+	// LastGoodValidation is when a validity check last found access to
+	// the customer key in at least one region, or start-up last loaded the
+	// keys through Key Vault; zero before either.
+	LastGoodValidation time.Time
 }
 
 // Broker is the keybroker service. It is safe for concurrent use.
@@ -95,16 +127,14 @@ type Broker struct {
 	health     *health.Server
 	hub        *stateHub
 
-	rotateMu sync.Mutex // one rotation at a time; reads go on
+	rotateMu sync.Mutex // one rotation or rewrap at a time; reads go on
+	rot      *rotation
 
-	checkMu   sync.Mutex // one validity check at a time
-	lastCheck checkResult
-}
+	afterFunc func(time.Duration, func()) func() bool
+	checks    *checker // validity checks: one at a time, the latest result
 
-type checkResult struct {
-	at  time.Time
-	ok  bool
-	err error
+	metrics  Metrics      // nil: none
+	lastGood atomic.Int64 // Stats.LastGoodValidation, Unix nanoseconds; 0: never
 }
 
 // New builds a Broker over an opened keystore. It does not touch the network;
@@ -123,6 +153,13 @@ func New(cfg Config) (*Broker, error) {
 		log:        cfg.Logger,
 		now:        cfg.Now,
 		health:     health.NewServer(),
+		afterFunc:  cfg.AfterFunc,
+		checks:     newChecker(),
+		rot:        newRotation(cfg.Rotation),
+		metrics:    cfg.Metrics,
+	}
+	if b.afterFunc == nil {
+		b.afterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 	}
 	if b.defaultKey == "" {
 		b.defaultKey = DefaultKeyName
@@ -175,7 +212,18 @@ func (b *Broker) Warm(ctx context.Context) error {
 	if b.hub.current().State == StateServing {
 		b.hub.set(StateServing, "keys loaded through Key Vault", b.now())
 	}
+	b.lastGood.Store(b.now().UnixNano())
 	return nil
+}
+
+// Stats returns a snapshot of the broker's counters. It takes no lock a
+// validity check holds, so a metrics scrape never waits on Key Vault.
+func (b *Broker) Stats() Stats {
+	s := Stats{Cache: b.cache.Stats(), CachedKeys: b.cache.Len()}
+	if n := b.lastGood.Load(); n != 0 {
+		s.LastGoodValidation = time.Unix(0, n)
+	}
+	return s
 }
 
 // Close wipes every key held in memory and marks the service NOT_SERVING.
@@ -235,16 +283,8 @@ func newMasterKey(ctx context.Context, w KeyWrapper) (*secret.Bytes, []kek.Wrapp
 	if len(copies) == 0 {
 		return nil, nil, errors.New("broker: the key wrapper returned no wrapped copy")
 	}
-	for _, c := range copies {
-		back, err := w.UnwrapKey(ctx, []kek.Wrapped{c})
-		if err != nil {
-			return nil, nil, fmt.Errorf("broker: checking the copy wrapped by %s: %w", c.KeyID, err)
-		}
-		same := secret.New(back).Equal(secret.New(raw))
-		clear(back)
-		if !same {
-			return nil, nil, fmt.Errorf("broker: the copy wrapped by %s does not unwrap to the key that was wrapped", c.KeyID)
-		}
+	if err := proveCopies(ctx, w, raw, copies); err != nil {
+		return nil, nil, fmt.Errorf("broker: %w", err)
 	}
 	return secret.New(raw), copies, nil
 }

@@ -69,44 +69,86 @@ func (b *Broker) WrapDEK(ctx context.Context, req *keybrokerv1.WrapDEKRequest) (
 // UnwrapDEK implements keybroker.v1.KeyBrokerService.
 func (b *Broker) UnwrapDEK(ctx context.Context, req *keybrokerv1.UnwrapDEKRequest) (*keybrokerv1.UnwrapDEKResponse, error) {
 	const method = "UnwrapDEK"
-	if n := len(req.GetAssociatedData()); n > envelope.MaxAADSize {
-		return nil, b.toStatus(ctx, method, invalidf("associated_data is %d bytes: at most %d are allowed", n, envelope.MaxAADSize))
+	k, v, dek, err := b.openDEK(ctx, req.GetKeyName(), req.GetWrappedDek(), req.GetAssociatedData())
+	if err != nil {
+		return nil, b.toStatus(ctx, method, err)
+	}
+	cur, _ := k.Current()
+	return &keybrokerv1.UnwrapDEKResponse{Dek: dek, Version: v.ID, RewrapRecommended: cur.ID != v.ID}, nil
+}
+
+// RewrapDEK implements keybroker.v1.KeyBrokerService: the blob's data key
+// sealed again under the newest version of its master key, with the same
+// associated data. The data key never leaves the broker.
+func (b *Broker) RewrapDEK(ctx context.Context, req *keybrokerv1.RewrapDEKRequest) (*keybrokerv1.RewrapDEKResponse, error) {
+	const method = "RewrapDEK"
+	k, old, dek, err := b.openDEK(ctx, req.GetKeyName(), req.GetWrappedDek(), req.GetAssociatedData())
+	if err != nil {
+		return nil, b.toStatus(ctx, method, err)
+	}
+	defer clear(dek)
+	cur, ok := k.Current()
+	if !ok {
+		return nil, b.toStatus(ctx, method, fmt.Errorf("%w: key %q has no version", errNotFound, k.Name))
+	}
+	var blob []byte
+	var sealErr error
+	err = b.useKey(ctx, cur, func(mk []byte) {
+		blob, sealErr = envelope.Seal(mk, envelope.Header{KeyID: k.ID, VersionID: cur.ID}, dek, req.GetAssociatedData())
+	})
+	if err == nil {
+		err = sealErr
+	}
+	if err != nil {
+		return nil, b.toStatus(ctx, method, err)
+	}
+	return &keybrokerv1.RewrapDEKResponse{WrappedDek: blob, Version: cur.ID, PreviousVersion: old.ID}, nil
+}
+
+// openDEK checks and opens a blob made by WrapDEK: the key it belongs to,
+// the master-key version it names, and the data key, which the caller
+// clears.
+func (b *Broker) openDEK(ctx context.Context, name string, blob, aad []byte) (keystore.Key, keystore.Version, []byte, error) {
+	fail := func(err error) (keystore.Key, keystore.Version, []byte, error) {
+		return keystore.Key{}, keystore.Version{}, nil, err
+	}
+	if n := len(aad); n > envelope.MaxAADSize {
+		return fail(invalidf("associated_data is %d bytes: at most %d are allowed", n, envelope.MaxAADSize))
 	}
 	if b.paused() {
-		return nil, b.toStatus(ctx, method, errPaused{reason: b.hub.current().Reason})
+		return fail(errPaused{reason: b.hub.current().Reason})
 	}
-	h, err := envelope.Parse(req.GetWrappedDek())
+	h, err := envelope.Parse(blob)
 	if err != nil {
-		return nil, b.toStatus(ctx, method, fmt.Errorf("wrapped_dek: %w", err))
+		return fail(fmt.Errorf("wrapped_dek: %w", err))
 	}
 	k, err := b.store.Key(h.KeyID)
 	if err != nil {
-		return nil, b.toStatus(ctx, method, invalidf("wrapped_dek was not made by this broker: its master key %q is not in the keystore", h.KeyID))
+		return fail(invalidf("wrapped_dek was not made by this broker: its master key %q is not in the keystore", h.KeyID))
 	}
-	if name := req.GetKeyName(); name != "" && name != k.Name && name != k.ID {
-		return nil, b.toStatus(ctx, method, invalidf("wrapped_dek belongs to key %q, not %q", k.Name, name))
+	if name != "" && name != k.Name && name != k.ID {
+		return fail(invalidf("wrapped_dek belongs to key %q, not %q", k.Name, name))
 	}
 	v, ok := k.Version(h.VersionID)
 	if !ok {
-		return nil, b.toStatus(ctx, method, fmt.Errorf("%w: wrapped_dek names master-key version %q of key %q, which the keystore does not hold (removed by retention, or the blob comes from another node's keystore)", errNotFound, h.VersionID, k.Name))
+		return fail(fmt.Errorf("%w: wrapped_dek names master-key version %q of key %q, which the keystore does not hold (removed by retention, or the blob comes from another node's keystore)", errNotFound, h.VersionID, k.Name))
 	}
 	if err := usable(k); err != nil {
-		return nil, b.toStatus(ctx, method, err)
+		return fail(err)
 	}
 	var dek []byte
 	var openErr error
 	err = b.useKey(ctx, v, func(mk []byte) {
-		dek, openErr = envelope.Open(mk, req.GetWrappedDek(), req.GetAssociatedData())
+		dek, openErr = envelope.Open(mk, blob, aad)
 	})
 	if err != nil {
 		clear(dek)
-		return nil, b.toStatus(ctx, method, err)
+		return fail(err)
 	}
 	if openErr != nil {
-		return nil, b.toStatus(ctx, method, fmt.Errorf("wrapped_dek: %w (check the associated data, and that the blob was not altered)", openErr))
+		return fail(fmt.Errorf("wrapped_dek: %w (check the associated data, and that the blob was not altered)", openErr))
 	}
-	cur, _ := k.Current()
-	return &keybrokerv1.UnwrapDEKResponse{Dek: dek, Version: v.ID, RewrapRecommended: cur.ID != v.ID}, nil
+	return k, v, dek, nil
 }
 
 // RotateDEK implements keybroker.v1.KeyBrokerService: a new master-key
@@ -128,9 +170,6 @@ func (b *Broker) RotateDEK(ctx context.Context, req *keybrokerv1.RotateDEKReques
 
 // Rotate adds a new master-key version to the named key ("" = default).
 func (b *Broker) Rotate(ctx context.Context, name string) (keystore.Key, keystore.Version, error) {
-	if b.paused() {
-		return keystore.Key{}, keystore.Version{}, errPaused{reason: b.hub.current().Reason}
-	}
 	if len(name) > maxNameLen {
 		return keystore.Key{}, keystore.Version{}, invalidf("key_name is %d bytes, at most %d", len(name), maxNameLen)
 	}
@@ -139,6 +178,15 @@ func (b *Broker) Rotate(ctx context.Context, name string) (keystore.Key, keystor
 	}
 	b.rotateMu.Lock()
 	defer b.rotateMu.Unlock()
+	return b.rotateLocked(ctx, name)
+}
+
+// rotateLocked is Rotate with rotateMu held, for the scheduler, which
+// decides and rotates under one hold.
+func (b *Broker) rotateLocked(ctx context.Context, name string) (keystore.Key, keystore.Version, error) {
+	if b.paused() {
+		return keystore.Key{}, keystore.Version{}, errPaused{reason: b.hub.current().Reason}
+	}
 	k, err := b.store.Key(name)
 	if err != nil {
 		return keystore.Key{}, keystore.Version{}, err

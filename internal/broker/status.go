@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keybroker/keybroker/internal/kek"
@@ -22,9 +24,7 @@ func (b *Broker) GetStatus(ctx context.Context, _ *keybrokerv1.GetStatusRequest)
 		Reason: cur.Reason,
 		Since:  timestamppb.New(cur.Time),
 	}
-	b.checkMu.Lock()
-	last := b.lastCheck
-	b.checkMu.Unlock()
+	last := b.checks.latest()
 	if !last.at.IsZero() {
 		resp.LastValidation = timestamppb.New(last.at)
 		resp.LastValidationOk = last.ok
@@ -52,22 +52,29 @@ func (b *Broker) GetStatus(ctx context.Context, _ *keybrokerv1.GetStatusRequest)
 		}
 		resp.Keys = append(resp.Keys, ks)
 	}
+	partial := false
+	for _, a := range last.alerts {
+		resp.Alerts = append(resp.Alerts, &keybrokerv1.Alert{Code: a.code, Message: a.message, Since: timestamppb.New(a.since)})
+		partial = partial || a.code == "REVOCATION_PARTIAL"
+	}
 	if rr, ok := b.wrapper.(RegionReporter); ok {
 		for _, r := range rr.RegionStatus() {
 			resp.Regions = append(resp.Regions, regionToProto(r))
 		}
-		if rr.PartialRevocation() {
+		// The failover wrapper also sees it between checks, from calls.
+		if !partial && rr.PartialRevocation() {
 			resp.Alerts = append(resp.Alerts, &keybrokerv1.Alert{
 				Code:    "REVOCATION_PARTIAL",
 				Message: "access to the customer key is revoked in some regions but not all: check the key's access policies and RBAC in every region",
 			})
 		}
 	}
+	resp.Alerts = append(resp.Alerts, b.rotationAlertsProto()...)
 	return resp, nil
 }
 
 // WatchKeyState implements keybroker.v1.KeyBrokerService: the current state
-// first, then every change, until the client goes away.
+// first, then every change, until the client goes away or Shutdown.
 func (b *Broker) WatchKeyState(_ *keybrokerv1.WatchKeyStateRequest, stream grpc.ServerStreamingServer[keybrokerv1.WatchKeyStateResponse]) error {
 	w := b.hub.subscribe()
 	defer b.hub.unsubscribe(w)
@@ -76,6 +83,8 @@ func (b *Broker) WatchKeyState(_ *keybrokerv1.WatchKeyStateRequest, stream grpc.
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-b.hub.done:
+			return status.Error(codes.Unavailable, "the broker is shutting down: reconnect to watch its next instance")
 		case ev := <-w.ch:
 			if err := stream.Send(&keybrokerv1.WatchKeyStateResponse{Event: eventToProto(ev)}); err != nil {
 				return err
@@ -86,11 +95,21 @@ func (b *Broker) WatchKeyState(_ *keybrokerv1.WatchKeyStateRequest, stream grpc.
 
 // Revalidate implements keybroker.v1.KeyBrokerService: the "Try Again".
 func (b *Broker) Revalidate(ctx context.Context, _ *keybrokerv1.RevalidateRequest) (*keybrokerv1.RevalidateResponse, error) {
+	seen := b.rewrapsSeen()
 	ev, err := b.Check(ctx)
 	resp := &keybrokerv1.RevalidateResponse{State: stateToProto(ev.State), Reason: ev.Reason, Ok: err == nil}
 	if err != nil && kek.KindOf(err) == kek.KindUnknown {
 		// Not a vault answer: a deadline, a cancel, or a bug.
 		return nil, b.toStatus(ctx, "Revalidate", err)
+	}
+	if err == nil && b.rewrapsSeen() != seen {
+		// The check saw a new customer key version: rewrap now, so that the
+		// operator who rotated it and asks again leaves with it done.
+		if rep, rerr := b.RotateCMK(ctx); rerr != nil {
+			b.log.ErrorContext(ctx, "rewrapping the master keys under the new customer key version failed; the scheduler retries", "err", rerr, "rewrapped", len(rep.Rewrapped))
+		} else {
+			b.log.InfoContext(ctx, "master keys rewrapped under the new customer key version", "cmk", rep.Targets, "versions", len(rep.Rewrapped))
+		}
 	}
 	return resp, nil
 }

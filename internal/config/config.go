@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,7 +36,11 @@ type Config struct {
 	Azure         Azure         `yaml:"azure"`
 	Cache         Cache         `yaml:"cache"`
 	Validation    Validation    `yaml:"validation"`
+	Rotation      Rotation      `yaml:"rotation"`
 	Log           Log           `yaml:"log"`
+	Admin         Admin         `yaml:"admin"`
+	// Telemetry comes from the environment only, never from the file.
+	Telemetry Telemetry `yaml:"-"`
 }
 
 // Keystore says where the wrapped master keys live.
@@ -129,14 +134,67 @@ type Validation struct {
 	Interval Duration `yaml:"interval"` // default 60s
 }
 
+// Rotation tunes master-key rotation, the retention of old versions, CMK
+// rewraps and the rotation alerts (docs/rotation.md).
+type Rotation struct {
+	// MasterKeyInterval is the age at which the master key is rotated, and
+	// past which MASTER_KEY_ROTATION_DUE is raised; default 90d.
+	MasterKeyInterval Duration `yaml:"master_key_interval"`
+	// Automatic rotates every MasterKeyInterval; false only alerts. Default true.
+	Automatic *bool `yaml:"automatic"`
+	// RetainVersions keeps the newest N versions of each key; 0 (the
+	// default) keeps every version. Removing a version makes data wrapped
+	// under it unreadable, hence at least 2 when set.
+	RetainVersions int `yaml:"retain_versions"`
+	// RetainFor removes versions retired for longer than this; 0 (the
+	// default) keeps them for ever. With RetainVersions too, a version goes
+	// only when both say so.
+	RetainFor Duration `yaml:"retain_for"`
+	// CMKRotationAlert raises CMK_ROTATION_DUE when the customer key
+	// version is older than this; default 90d.
+	CMKRotationAlert Duration `yaml:"cmk_rotation_alert"`
+	// CMKCopyRetention drops the copies wrapped by a previous customer key
+	// this long after the rewrap; 0 (the default) keeps them until
+	// `keybroker rotate-cmk --finalize`.
+	CMKCopyRetention Duration `yaml:"cmk_copy_retention"`
+}
+
 // Log configures logging.
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info (default), warn, error
 	Format string `yaml:"format"` // json (default) or text
 }
 
-// Duration is a time.Duration written as "30s" or "1h".
+// Admin configures the admin HTTP listener: Prometheus /metrics, /healthz
+// and /readyz, without TLS or authentication, so keep it on loopback or a
+// private interface.
+type Admin struct {
+	Address string `yaml:"address"` // host:port, e.g. 127.0.0.1:9464; "" (default) = no admin listener
+}
+
+// Telemetry holds the OTELVariables the environment set: they select OTLP
+// export of metrics and traces (docs/observability.md).
+type Telemetry struct {
+	OTEL map[string]string
+}
+
+// OTELVariables are the environment variables Parse copies into
+// Telemetry.OTEL: those that decide whether and how OTLP export runs. The
+// exporters read the other standard OTEL_EXPORTER_OTLP_* variables
+// (headers, certificates, timeouts) themselves.
+var OTELVariables = []string{
+	"OTEL_SDK_DISABLED",
+	"OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER",
+	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+	"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+}
+
+// Duration is a time.Duration written as "30s" or "1h", or a whole number
+// of days, "90d", since rotation periods are counted in days.
 type Duration time.Duration
+
+// maxDays keeps "Nd" within time.Duration (about 292 years).
+const maxDays = 100 * 365
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
@@ -144,12 +202,23 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode(&s); err != nil {
 		return fmt.Errorf("line %d: want a duration like \"30s\"", n.Line)
 	}
-	v, err := time.ParseDuration(s)
+	v, err := parseDuration(s)
 	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: %q is not a duration: write it like \"30s\", \"5m\" or \"1h\"", n.Line, s)
+		return fmt.Errorf("line %d: %q is not a duration: write it like \"30s\", \"5m\", \"1h\" or \"90d\"", n.Line, s)
 	}
 	*d = Duration(v)
 	return nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok && days != "" && strings.Trim(days, "0123456789") == "" {
+		n, err := strconv.Atoi(days)
+		if err != nil || n > maxDays {
+			return 0, fmt.Errorf("%q: at most %d days", s, maxDays)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
 }
 
 // D returns the value as a time.Duration.
@@ -163,12 +232,18 @@ const (
 	DefaultCacheSize     = 64
 	DefaultMaxStale      = 24 * time.Hour
 	DefaultCheckInterval = 60 * time.Second
+	// DefaultMasterKeyInterval is 90 days: the master key's rotation period
+	// in the system the broker stands in for.
+	DefaultMasterKeyInterval = 90 * 24 * time.Hour
+	// DefaultCMKRotationAlert is 90 days.
+	DefaultCMKRotationAlert = 90 * 24 * time.Hour
 )
 
 // Parse decodes and validates a configuration file's bytes. name is used in
 // error messages. getenv (nil = none) supplies azidentity's environment
 // variables for what the file leaves empty: AZURE_TENANT_ID, AZURE_CLIENT_ID,
-// AZURE_CLIENT_SECRET, AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST.
+// AZURE_CLIENT_SECRET, AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST,
+// and the OTELVariables.
 func Parse(name string, data []byte, getenv func(string) string) (*Config, error) {
 	if len(data) > MaxSize {
 		return nil, fmt.Errorf("%w: %s is %d bytes, more than %d: is it the right file?", ErrInvalid, name, len(data), MaxSize)
@@ -231,6 +306,14 @@ func (c *Config) applyEnv(getenv func(string) string) {
 	if c.Azure.Environment == "CUSTOM" {
 		fill(&c.Azure.Custom.AuthorityHost, "AZURE_AUTHORITY_HOST")
 	}
+	for _, name := range OTELVariables {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			if c.Telemetry.OTEL == nil {
+				c.Telemetry.OTEL = make(map[string]string)
+			}
+			c.Telemetry.OTEL[name] = v
+		}
+	}
 }
 
 func (c *Config) fillDefaults() {
@@ -254,6 +337,16 @@ func (c *Config) fillDefaults() {
 	}
 	if c.Validation.Interval == 0 {
 		c.Validation.Interval = Duration(DefaultCheckInterval)
+	}
+	if c.Rotation.MasterKeyInterval == 0 {
+		c.Rotation.MasterKeyInterval = Duration(DefaultMasterKeyInterval)
+	}
+	if c.Rotation.Automatic == nil {
+		on := true
+		c.Rotation.Automatic = &on
+	}
+	if c.Rotation.CMKRotationAlert == 0 {
+		c.Rotation.CMKRotationAlert = Duration(DefaultCMKRotationAlert)
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
@@ -346,11 +439,17 @@ func (v *validator) check(c *Config) {
 	if c.Validation.Interval != 0 && c.Validation.Interval.D() < time.Second {
 		v.addf("validation.interval", "%s is too short: at least 1s", c.Validation.Interval.D())
 	}
+	v.checkRotation(&c.Rotation)
 	if l := c.Log.Level; l != "" && !slices.Contains([]string{"debug", "info", "warn", "error"}, l) {
 		v.addf("log.level", "%q: want debug, info, warn or error", l)
 	}
 	if f := c.Log.Format; f != "" && f != "json" && f != "text" {
 		v.addf("log.format", "%q: want json or text", f)
+	}
+	if a := c.Admin.Address; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			v.addf("admin.address", "%q is not host:port (e.g. 127.0.0.1:9464)", a)
+		}
 	}
 }
 
@@ -413,5 +512,25 @@ func (v *validator) checkAzure(a *Azure) {
 	}
 	if a.MaxRetries != nil && (*a.MaxRetries < 0 || *a.MaxRetries > 10) {
 		v.addf("azure.max_retries", "%d: want 0 to 10", *a.MaxRetries)
+	}
+}
+
+func (v *validator) checkRotation(r *Rotation) {
+	// Floors catch units typed wrong ("90s" for "90d"): each of these is
+	// counted in hours or days in practice.
+	if i := r.MasterKeyInterval.D(); i != 0 && i < time.Hour {
+		v.addf("rotation.master_key_interval", "%s is too short: at least 1h (the default is 90d)", i)
+	}
+	if n := r.RetainVersions; n < 0 || n == 1 {
+		v.addf("rotation.retain_versions", "%d: want 0 (keep every version) or at least 2; 1 would drop the previous version at each rotation, and the data still wrapped under it with it", n)
+	}
+	if d := r.RetainFor.D(); d != 0 && d < 24*time.Hour {
+		v.addf("rotation.retain_for", "%s is too short: at least 1d, or 0 to keep versions for ever", d)
+	}
+	if d := r.CMKRotationAlert.D(); d != 0 && d < time.Hour {
+		v.addf("rotation.cmk_rotation_alert", "%s is too short: at least 1h (the default is 90d)", d)
+	}
+	if d := r.CMKCopyRetention.D(); d != 0 && d < time.Hour {
+		v.addf("rotation.cmk_copy_retention", "%s is too short: at least 1h, or 0 to keep the old copies until keybroker rotate-cmk --finalize", d)
 	}
 }

@@ -107,6 +107,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(valid))
 	f.Add([]byte("keystore: {dir: x}\nazure: {regions: [{name: a}]}"))
 	f.Add([]byte("cache: {ttl: -1s}"))
+	f.Add([]byte("rotation: {master_key_interval: 90d, retain_versions: 2, cmk_rotation_alert: 400d}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("fuzz.yaml", data, nil)
 		if err != nil {
@@ -119,4 +120,109 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted a config without keystore.dir or a region: %+v", cfg)
 		}
 	})
+}
+
+func TestParseRotation(t *testing.T) {
+	day := 24 * time.Hour
+	tests := []struct {
+		name      string
+		section   string
+		want      Rotation
+		automatic bool
+	}{
+		{"defaults", "", Rotation{MasterKeyInterval: Duration(90 * day), CMKRotationAlert: Duration(90 * day)}, true},
+		{"days and hours", "rotation:\n  master_key_interval: 30d\n  cmk_rotation_alert: 400d\n  retain_for: 720h\n  retain_versions: 5\n  cmk_copy_retention: 7d\n",
+			Rotation{MasterKeyInterval: Duration(30 * day), CMKRotationAlert: Duration(400 * day), RetainFor: Duration(30 * day), RetainVersions: 5, CMKCopyRetention: Duration(7 * day)}, true},
+		{"alerts only", "rotation:\n  automatic: false\n", Rotation{MasterKeyInterval: Duration(90 * day), CMKRotationAlert: Duration(90 * day)}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse("kb.yaml", []byte(valid+tc.section), nil)
+			if err != nil {
+				t.Fatalf("Parse(%s) err = %v, want nil", tc.name, err)
+			}
+			got := cfg.Rotation
+			if got.Automatic == nil || *got.Automatic != tc.automatic {
+				t.Errorf("Parse(%s) rotation.automatic = %v, want %v", tc.name, got.Automatic, tc.automatic)
+			}
+			got.Automatic = nil
+			if got != tc.want {
+				t.Errorf("Parse(%s) rotation = %+v, want %+v", tc.name, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseRotationErrors(t *testing.T) {
+	tests := []struct {
+		name, section, want string
+	}{
+		{"interval in seconds", "rotation:\n  master_key_interval: 90s\n", "rotation.master_key_interval: 1m30s is too short"},
+		{"one version", "rotation:\n  retain_versions: 1\n", "rotation.retain_versions: 1: want 0"},
+		{"negative versions", "rotation:\n  retain_versions: -2\n", "rotation.retain_versions: -2"},
+		{"retain for an hour", "rotation:\n  retain_for: 1h\n", "rotation.retain_for: 1h0m0s is too short"},
+		{"short alert", "rotation:\n  cmk_rotation_alert: 5m\n", "rotation.cmk_rotation_alert: 5m0s is too short"},
+		{"short copy retention", "rotation:\n  cmk_copy_retention: 10m\n", "rotation.cmk_copy_retention: 10m0s is too short"},
+		{"fractional days", "rotation:\n  master_key_interval: 1.5d\n", `"1.5d" is not a duration`},
+		{"too many days", "rotation:\n  master_key_interval: 99999999d\n", `"99999999d" is not a duration`},
+		{"unknown key", "rotation:\n  interval: 90d\n", "key interval is not a known key"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("kb.yaml", []byte(valid+tc.section), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse(%s) err = %v, want one containing %q", tc.name, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseAdminAndTelemetry(t *testing.T) {
+	tests := []struct {
+		name      string
+		section   string
+		env       map[string]string
+		wantAddr  string
+		wantOTEL  map[string]string
+		wantError string
+	}{
+		{name: "off by default"},
+		{name: "admin address", section: "admin:\n  address: 127.0.0.1:9464\n", wantAddr: "127.0.0.1:9464"},
+		{name: "any free port", section: "admin:\n  address: \"[::1]:0\"\n", wantAddr: "[::1]:0"},
+		{name: "bad address", section: "admin:\n  address: 9464\n", wantError: `admin.address: "9464" is not host:port`},
+		{name: "unknown admin key", section: "admin:\n  port: 9464\n", wantError: "key port is not a known key"},
+		{name: "telemetry is not a file section", section: "telemetry:\n  otel: {}\n", wantError: "key telemetry is not a known key"},
+		{name: "OTEL variables from the environment",
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": " http://collector:4318 ", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_UNRELATED": "x", "OTEL_METRICS_EXPORTER": ""},
+			wantOTEL: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_TRACES_EXPORTER": "otlp"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var getenv func(string) string
+			if tc.env != nil {
+				getenv = func(k string) string { return tc.env[k] }
+			}
+			cfg, err := Parse("kb.yaml", []byte(valid+tc.section), getenv)
+			if tc.wantError != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantError) {
+					t.Fatalf("Parse(%s) err = %v, want one containing %q", tc.name, err, tc.wantError)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse(%s) err = %v, want nil", tc.name, err)
+			}
+			if cfg.Admin.Address != tc.wantAddr {
+				t.Errorf("Parse(%s) admin.address = %q, want %q", tc.name, cfg.Admin.Address, tc.wantAddr)
+			}
+			if len(cfg.Telemetry.OTEL) != len(tc.wantOTEL) {
+				t.Errorf("Parse(%s) Telemetry.OTEL = %v, want %v", tc.name, cfg.Telemetry.OTEL, tc.wantOTEL)
+			}
+			for k, v := range tc.wantOTEL {
+				if cfg.Telemetry.OTEL[k] != v {
+					t.Errorf("Parse(%s) Telemetry.OTEL[%s] = %q, want %q", tc.name, k, cfg.Telemetry.OTEL[k], v)
+				}
+			}
+		})
+	}
 }
