@@ -2,14 +2,39 @@
 # staticcheck) and tools/ghz/go.mod (ghz), run with `go tool -modfile=...`.
 GO        ?= go
 TOOL      := $(GO) tool -modfile=tools/go.mod
-GHZ       := $(GO) tool -modfile=tools/ghz/go.mod ghz
 BIN       := bin
 DEV_DIR   ?= .dev
-FUZZTIME  ?= 10s
-# Go packages and their fuzz targets: "pkg:FuzzName" pairs.
-FUZZ_TARGETS ?= ./internal/config:FuzzParse ./internal/envelope:FuzzParse ./internal/envelope:FuzzOpen ./internal/envelope:FuzzSealOpen ./internal/mtls:FuzzParseIdentity ./internal/mtls:FuzzParseKeyPair ./internal/pki:FuzzParsePEM ./internal/pki:FuzzClientIdentity ./internal/keystore:FuzzDecodeFile ./internal/keystore:FuzzDecodeBody ./internal/failover:FuzzKeyBase ./internal/kek/kektest:FuzzCheckKeyID ./internal/akv:FuzzParseKeyID ./internal/akv:FuzzRetryAfter ./internal/akv:FuzzParseErrorBody ./internal/akvemu:FuzzWrapRequest ./internal/akvemu:FuzzKeyRequests ./internal/akvemu:FuzzVaultRoute ./internal/akvemu:FuzzFault ./internal/akvemu:FuzzTokenRequest ./cmd/akv-emulator:FuzzParseFlagValues ./cmd/kbload:FuzzParseGhzReport ./cmd/kbload:FuzzParseDevInfo
+FUZZTIME  ?= 30s
+# Every fuzz target, as "package:FuzzName".
+FUZZ_TARGETS ?= \
+	./internal/config:FuzzParse \
+	./internal/envelope:FuzzParse \
+	./internal/envelope:FuzzOpen \
+	./internal/envelope:FuzzSealOpen \
+	./internal/mtls:FuzzParseIdentity \
+	./internal/mtls:FuzzParseKeyPair \
+	./internal/pki:FuzzParsePEM \
+	./internal/pki:FuzzClientIdentity \
+	./internal/keystore:FuzzDecodeFile \
+	./internal/keystore:FuzzDecodeBody \
+	./internal/failover:FuzzKeyBase \
+	./internal/kek/kektest:FuzzCheckKeyID \
+	./internal/akv:FuzzParseKeyID \
+	./internal/akv:FuzzRetryAfter \
+	./internal/akv:FuzzParseErrorBody \
+	./internal/akvemu:FuzzWrapRequest \
+	./internal/akvemu:FuzzKeyRequests \
+	./internal/akvemu:FuzzVaultRoute \
+	./internal/akvemu:FuzzFault \
+	./internal/akvemu:FuzzTokenRequest \
+	./cmd/akv-emulator:FuzzParseFlagValues \
+	./cmd/kbload:FuzzParseGhzReport \
+	./cmd/kbload:FuzzParseDevInfo \
+	./cmd/kbload:FuzzCPUModel \
+	./internal/kek/kektest:FuzzFakeUnwrapKey \
+	./internal/akvemu:FuzzState
 
-.PHONY: all build run test test-go lint fmt vet staticcheck generate generate-check fuzz bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean
+.PHONY: all build run test test-go lint fmt vet staticcheck generate generate-check fuzz fuzz-ci bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean
 
 all: build
 
@@ -20,8 +45,9 @@ build:
 run: build
 	$(BIN)/keybroker dev --dir $(DEV_DIR)
 
-## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector), short fuzzing, a one-minute soak.
-test: generate-check lint test-go fuzz soak-ci
+## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector, every
+## fuzz target's seed corpus), a short fuzz of the main parsers, a one-minute soak.
+test: generate-check lint test-go fuzz-ci soak-ci
 
 test-go:
 	$(GO) test -race -count=1 -timeout 12m ./...
@@ -53,7 +79,15 @@ generate-check:
 		[ -f $$tmp/$$f ] || { echo "generated file with no source: $$f"; exit 1; }; \
 	done; echo "generated code up to date"
 
-## fuzz: each fuzz target for FUZZTIME (CI: a short run; locally: make fuzz FUZZTIME=5m).
+# The parsers of untrusted or on-disk input, fuzzed briefly by make test.
+FUZZ_CI_TARGETS ?= ./internal/keystore:FuzzDecodeFile ./internal/envelope:FuzzOpen ./internal/akv:FuzzParseKeyID ./internal/config:FuzzParse ./internal/akvemu:FuzzWrapRequest ./internal/mtls:FuzzParseIdentity
+FUZZTIME_CI ?= 5s
+
+## fuzz: every fuzz target for FUZZTIME (make fuzz FUZZTIME=5m for a long run).
+## fuzz-ci: the main parsers for FUZZTIME_CI each, as make test runs them.
+fuzz-ci:
+	$(MAKE) fuzz FUZZ_TARGETS="$(FUZZ_CI_TARGETS)" FUZZTIME=$(FUZZTIME_CI)
+
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

@@ -205,8 +205,9 @@ func CheckKeyID(id string) error {
 		return fmt.Errorf("kektest: key identifier %q does not parse as a URL: %v", id, err)
 	}
 	switch {
-	case u.Scheme != "https":
-		return fmt.Errorf("kektest: key identifier %q: scheme %q, want https", id, u.Scheme)
+	case u.Scheme != "https" || !strings.HasPrefix(id, "https://"):
+		// url.Parse lower-cases the scheme; Key Vault writes it lower-case.
+		return fmt.Errorf("kektest: key identifier %q: want it to start with https://", id)
 	case u.Host == "" || u.User != nil:
 		return fmt.Errorf("kektest: key identifier %q: want a vault host and no user info", id)
 	case u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
