@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,7 +35,13 @@ func writeFile(t *testing.T, name string, data []byte) string {
 // its PKCS#8 key, and the certificate's public key.
 func clientCertPEM(t *testing.T) (string, any) {
 	t.Helper()
-	key := testRSAKeys()[1]
+	return clientCertPEMWith(t, testRSAKeys()[1])
+}
+
+// clientCertPEMWith writes a self-signed client certificate for key and
+// the key itself, in one PEM file.
+func clientCertPEMWith(t *testing.T, key *rsa.PrivateKey) (string, any) {
+	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(7),
 		Subject:      pkix.Name{CommonName: "keybroker client"},
@@ -52,12 +60,30 @@ func clientCertPEM(t *testing.T) (string, any) {
 	return writeFile(t, "client.pem", data), &key.PublicKey
 }
 
+// clientCertPFX writes a client certificate (of another key than
+// clientCertPEM's) as a password-protected PKCS#12 file, made at run time with openssl (Go's
+// libraries only read PKCS#12), using the 3DES/SHA-1 encryption
+// azidentity.ParseCertificates reads.
+func clientCertPFX(t *testing.T, password string) string {
+	t.Helper()
+	pemFile, _ := clientCertPEMWith(t, testRSAKeys()[0])
+	out := filepath.Join(t.TempDir(), "client-cert.pfx")
+	cmd := exec.Command("openssl", "pkcs12", "-export", "-in", pemFile, "-inkey", pemFile,
+		"-certpbe", "PBE-SHA1-3DES", "-keypbe", "PBE-SHA1-3DES", "-macalg", "sha1",
+		"-passout", "pass:"+password, "-out", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("openssl pkcs12 -export err = %v: %s (install openssl: apt-get install openssl)", err, b)
+	}
+	return out
+}
+
 func TestNewCredentialErrors(t *testing.T) {
 	env := customEnv
 	secretFile := writeFile(t, "secret", []byte(testSecret+"\n"))
 	emptyFile := writeFile(t, "empty", []byte(" \n"))
 	notCert := writeFile(t, "not-cert.pem", []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
 	base := CredentialConfig{TenantID: testTenant, ClientID: testClientID}
+	pfxFile := clientCertPFX(t, "password")
 	tests := []struct {
 		name    string
 		cfg     func(c *CredentialConfig)
@@ -85,7 +111,7 @@ func TestNewCredentialErrors(t *testing.T) {
 		{"certificate garbage", func(c *CredentialConfig) { c.Kind = CredClientCertificate; c.CertificateFile = notCert }, nil, "CertificateFile"},
 		{"pkcs12 wrong password", func(c *CredentialConfig) {
 			c.Kind = CredClientCertificate
-			c.CertificateFile = "testdata/client-cert.pfx"
+			c.CertificateFile = pfxFile
 			c.CertificatePassword = "wrong-password-NEVER-printed"
 		}, nil, "CertificateFile"},
 		{"workload without file", func(c *CredentialConfig) { c.Kind = CredWorkloadIdentity }, nil, "needs FederatedTokenFile"},
@@ -140,13 +166,14 @@ func TestNewCredentialErrors(t *testing.T) {
 func TestCredentialKinds(t *testing.T) {
 	f := newFakeAzure(t)
 	pemFile, pemPub := clientCertPEM(t)
-	pfx, err := os.ReadFile("testdata/client-cert.pfx")
+	pfxFile := clientCertPFX(t, "password")
+	pfx, err := os.ReadFile(pfxFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pfxCerts, _, err := azidentity.ParseCertificates(pfx, []byte("password"))
 	if err != nil {
-		t.Fatalf("ParseCertificates(testdata/client-cert.pfx) err = %v", err)
+		t.Fatalf("ParseCertificates(%s) err = %v", pfxFile, err)
 	}
 	tests := []struct {
 		name    string
@@ -158,7 +185,7 @@ func TestCredentialKinds(t *testing.T) {
 		{"client secret given", CredentialConfig{Kind: CredClientSecret, TenantID: testTenant, ClientID: testClientID, ClientSecret: testSecret}, nil, false, "token"},
 		{"client secret file", CredentialConfig{Kind: CredClientSecret, TenantID: testTenant, ClientID: testClientID, ClientSecretFile: writeFile(t, "secret", []byte("\n"+testSecret+"\n"))}, nil, false, "token"},
 		{"client certificate PEM", CredentialConfig{Kind: CredClientCertificate, TenantID: testTenant, ClientID: testClientID, CertificateFile: pemFile}, pemPub, false, "token"},
-		{"client certificate PKCS#12", CredentialConfig{Kind: CredClientCertificate, TenantID: testTenant, ClientID: testClientID, CertificateFile: "testdata/client-cert.pfx", CertificatePassword: "password"}, pfxCerts[0].PublicKey, false, "token"},
+		{"client certificate PKCS#12", CredentialConfig{Kind: CredClientCertificate, TenantID: testTenant, ClientID: testClientID, CertificateFile: pfxFile, CertificatePassword: "password"}, pfxCerts[0].PublicKey, false, "token"},
 		{"workload identity", CredentialConfig{Kind: CredWorkloadIdentity, TenantID: testTenant, ClientID: testClientID, FederatedTokenFile: writeFile(t, "token", []byte(testFederated))}, nil, false, "token"},
 		{"managed identity system-assigned", CredentialConfig{Kind: CredManagedIdentity}, nil, true, "msi"},
 		{"managed identity user-assigned", CredentialConfig{Kind: CredManagedIdentity, ManagedIdentityClientID: testClientID}, nil, true, "msi"},
