@@ -97,42 +97,16 @@ func runBench(ctx context.Context, e *env, args []string) error {
 
 // run is the benchmark: set up, warm up, measure, judge.
 func (f benchFlags) run(ctx context.Context, e *env) error {
-	if _, err := os.Stat(f.keybroker); err != nil {
-		return usageErrorf("--keybroker %s: %v; build it with: go build -o bin/ ./cmd/keybroker (or make build)", f.keybroker, errors.Unwrap(err))
+	if err := checkKeybroker(f.keybroker); err != nil {
+		return err
 	}
-	started := time.Now()
-	if f.out == "" {
-		f.out = filepath.Join("load", "reports", "bench-"+started.Format("20060102-150405"))
-	}
-	if err := os.MkdirAll(f.out, 0o755); err != nil {
-		return fmt.Errorf("--out: %w", err)
-	}
-
-	tmp, err := os.MkdirTemp("", "kbload-")
+	sess, err := newSession(ctx, e, sessionConfig{report: "bench", tmpPrefix: "kbload-", out: f.out, ghz: f.ghz})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer sess.Close()
 
-	if f.ghz == "" {
-		root, err := repoRoot()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(e.stderr, "kbload: building ghz ...")
-		if f.ghz, err = buildGhz(ctx, root, tmp); err != nil {
-			return err
-		}
-	}
-
-	logPath := filepath.Join(f.out, "keybroker.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("broker log: %w", err)
-	}
-	defer logFile.Close()
-	fmt.Fprintf(e.stderr, "kbload: starting %s dev (log: %s) ...\n", f.keybroker, logPath)
-	b, err := startDevBroker(ctx, f.keybroker, filepath.Join(tmp, "dev"), logFile)
+	b, err := sess.startDev(ctx, f.keybroker, filepath.Join(sess.tmp, "dev"), "keybroker.log", os.O_TRUNC)
 	if err != nil {
 		return err
 	}
@@ -149,7 +123,7 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 		return err
 	}
 	g := ghzRun{
-		bin: f.ghz, addr: b.info.Address, ca: b.info.CA, cert: b.info.EngineCert, key: b.info.EngineKey,
+		bin: sess.ghz, addr: b.info.Address, ca: b.info.CA, cert: b.info.EngineCert, key: b.info.EngineKey,
 		concurrency: f.concurrency, conns: f.connections, stderr: e.stderr,
 	}
 
@@ -161,7 +135,7 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 	if err := b.ctl.ResetCounters(ctx); err != nil {
 		return fmt.Errorf("resetting the emulator's counters: %w", err)
 	}
-	results, err := measure(ctx, g, calls, f.rounds, f.duration, f.out, e.stderr)
+	results, err := measure(ctx, g, calls, f.rounds, f.duration, sess.out, e.stderr)
 	if err != nil {
 		return err
 	}
@@ -172,7 +146,7 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 	activity := watcher.stop(ctx)
 
 	s := summary{
-		Started: started,
+		Started: sess.started,
 		Settings: benchSettings{
 			Duration: f.duration.String(), Warmup: f.warmup.String(), Rounds: f.rounds,
 			Concurrency: f.concurrency, Connections: f.connections,
@@ -180,7 +154,7 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 		Machine: describeMachine(f.keybroker),
 		AKV:     newAKVCalls(counters, activity),
 		Broker:  activity,
-		OutDir:  f.out,
+		OutDir:  sess.out,
 	}
 	for i, c := range calls {
 		s.Calls = append(s.Calls, summarizeCall(c.call, c.minRatio, results[i]))
@@ -188,12 +162,8 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 	setRatios(s.Calls)
 	s.Checks, s.Pass = judge(s.Calls, s.AKV, s.Broker)
 
-	js, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
+	if err := sess.writeSummary(s); err != nil {
 		return err
-	}
-	if err := os.WriteFile(filepath.Join(f.out, "summary.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("writing the summary: %w", err)
 	}
 	if err := printReport(e.stdout, s); err != nil {
 		return err
@@ -201,10 +171,7 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 	if err := b.Stop(); err != nil {
 		return err
 	}
-	if !s.Pass && !f.noFail {
-		return errTargets
-	}
-	return nil
+	return verdict(s.Pass, f.noFail)
 }
 
 // warmUp runs each call for d, unmeasured: the broker loads its key and

@@ -2,10 +2,7 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,46 +15,19 @@ import (
 // -short. It checks correctness, never speed: the ratios are left to
 // humans reading docs/bench.md.
 func TestBenchIntegration(t *testing.T) {
-	if testing.Short() || os.Getenv("KBLOAD_INTEGRATION") != "1" {
-		t.Skip("set KBLOAD_INTEGRATION=1 (and no -short) to run the bench against a real keybroker dev")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/keybroker")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keybroker: %v\n%s", err, out)
-	}
-	ghz, err := buildGhz(ctx, root, bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-
+	in := startIntegration(t, "the bench against a real keybroker dev", 10*time.Minute, true)
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	err = run(ctx, &env{stdout: &stdout, stderr: &stderr}, []string{
-		"bench", "--keybroker", filepath.Join(bin, "keybroker"), "--ghz", ghz,
+	stdout, stderr, err := in.kbload(
+		"bench", "--keybroker", in.keybroker, "--ghz", in.ghz,
 		"--duration", "1s", "--warmup", "1s", "--rounds", "1", "--concurrency", "4", "--connections", "2",
 		"--out", out, "--no-fail",
-	})
+	)
 	if err != nil {
-		t.Fatalf("kbload bench err = %v, want nil\nstderr:\n%s", err, stderr.String())
+		t.Fatalf("kbload bench err = %v, want nil\nstderr:\n%s", err, stderr)
 	}
-	t.Logf("kbload bench:\n%s", stdout.String())
+	t.Logf("kbload bench:\n%s", stdout)
 
-	b, err := os.ReadFile(filepath.Join(out, "summary.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s summary
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatalf("summary.json: %v", err)
-	}
+	s := readSummary[summary](t, out)
 	if len(s.Calls) != 4 {
 		t.Fatalf("summary.json has %d calls, want 4", len(s.Calls))
 	}
@@ -82,8 +52,8 @@ func TestBenchIntegration(t *testing.T) {
 		t.Errorf("Key Vault calls during the measured part = %d key operations, %d tokens (%v), want 0",
 			s.AKV.KeyOps, s.AKV.Tokens, s.AKV.Counters)
 	}
-	if !strings.Contains(stdout.String(), "result: ") {
-		t.Errorf("kbload bench printed no result line:\n%s", stdout.String())
+	if !strings.Contains(stdout, "result: ") {
+		t.Errorf("kbload bench printed no result line:\n%s", stdout)
 	}
 	if log, err := os.ReadFile(filepath.Join(out, "keybroker.log")); err != nil || len(log) == 0 {
 		t.Errorf("keybroker.log: %v (%d bytes), want the broker's log", err, len(log))

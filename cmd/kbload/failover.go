@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -98,44 +97,26 @@ func runBenchFailover(ctx context.Context, e *env, args []string) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
-	if _, err := os.Stat(f.keybroker); err != nil {
-		return usageErrorf("--keybroker %s: %v; build it with: go build -o bin/ ./cmd/keybroker (or make build)", f.keybroker, errors.Unwrap(err))
+	if err := checkKeybroker(f.keybroker); err != nil {
+		return err
 	}
 	return f.run(ctx, e)
 }
 
 func (f foFlags) run(ctx context.Context, e *env) error {
-	started := time.Now()
-	if f.out == "" {
-		f.out = filepath.Join("load", "reports", "failover-"+started.Format("20060102-150405"))
-	}
-	if err := os.MkdirAll(f.out, 0o755); err != nil {
-		return fmt.Errorf("--out: %w", err)
-	}
-	tmp, err := os.MkdirTemp("", "kbload-failover-")
+	sess, err := newSession(ctx, e, sessionConfig{report: "failover", tmpPrefix: "kbload-failover-", out: f.out, ghz: f.ghz})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	if f.ghz == "" {
-		root, err := repoRoot()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(e.stderr, "kbload: building ghz ...")
-		if f.ghz, err = buildGhz(ctx, root, tmp); err != nil {
-			return err
-		}
-	}
+	defer sess.Close()
+	f.out = sess.out // runPhase writes its reports there
 
-	logPath := filepath.Join(f.out, "keybroker.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	logFile, logPath, err := sess.openLog("keybroker.log", os.O_TRUNC)
 	if err != nil {
-		return fmt.Errorf("broker log: %w", err)
+		return err
 	}
-	defer logFile.Close()
 	fmt.Fprintf(e.stderr, "kbload: starting the emulator (two vaults) and %s serve with two regions (log: %s) ...\n", f.keybroker, logPath)
-	fe, err := startFoEnv(ctx, f.keybroker, filepath.Join(tmp, "run"), f.settings, logFile)
+	fe, err := startFoEnv(ctx, f.keybroker, filepath.Join(sess.tmp, "run"), f.settings, logFile)
 	if err != nil {
 		return err
 	}
@@ -163,12 +144,12 @@ func (f foFlags) run(ctx context.Context, e *env) error {
 		return err
 	}
 	g := ghzRun{
-		bin: f.ghz, addr: fe.broker.addr, ca: fe.files.PKI.CA, cert: fe.files.PKI.EngineCert, key: fe.files.PKI.EngineKey,
+		bin: sess.ghz, addr: fe.broker.addr, ca: fe.files.PKI.CA, cert: fe.files.PKI.EngineCert, key: fe.files.PKI.EngineKey,
 		concurrency: f.concurrency, conns: f.connections, stderr: e.stderr,
 	}
 
 	s := foSummary{
-		Started:     started,
+		Started:     sess.started,
 		Settings:    f.settings,
 		Duration:    f.duration.String(),
 		Concurrency: f.concurrency,
@@ -185,12 +166,8 @@ func (f foFlags) run(ctx context.Context, e *env) error {
 	}
 	s.Checks, s.Pass = foJudge(s)
 
-	js, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
+	if err := sess.writeSummary(s); err != nil {
 		return err
-	}
-	if err := os.WriteFile(filepath.Join(f.out, "summary.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("writing the summary: %w", err)
 	}
 	if err := printFoReport(e.stdout, s); err != nil {
 		return err
@@ -198,10 +175,7 @@ func (f foFlags) run(ctx context.Context, e *env) error {
 	if err := fe.Close(); err != nil {
 		return err
 	}
-	if !s.Pass && !f.noFail {
-		return errTargets
-	}
-	return nil
+	return verdict(s.Pass, f.noFail)
 }
 
 // runPhase measures one phase: faults set, counters reset, ghz for the

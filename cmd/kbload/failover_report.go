@@ -118,11 +118,7 @@ func foJudge(s foSummary) ([]check, bool) {
 			Pass: p.FailBackMs > 0,
 		})
 	}
-	pass := true
-	for _, c := range checks {
-		pass = pass && c.Pass
-	}
-	return checks, pass
+	return checks, allPass(checks)
 }
 
 // printFoReport writes the human-readable result of a run.
@@ -162,18 +158,7 @@ func printFoReport(w io.Writer, s foSummary) error {
 			fmt.Fprintf(bw, "error: %s: %d x %s\n", p.Name, p.ErrorDist[msg], truncate(msg, 200))
 		}
 	}
-	fmt.Fprintln(bw, "\nchecks:")
-	for _, c := range s.Checks {
-		verdict := "FAIL"
-		if c.Pass {
-			verdict = "PASS"
-		}
-		fmt.Fprintf(bw, "  %s  %-58s want %-48s got %s\n", verdict, c.Name, c.Want, c.Got)
-	}
-	verdict := "FAIL"
-	if s.Pass {
-		verdict = "PASS"
-	}
-	fmt.Fprintf(bw, "\nresult: %s (reports in %s)\n", verdict, s.OutDir)
+	printChecks(bw, s.Checks, 58, 48)
+	fmt.Fprintf(bw, "\nresult: %s (reports in %s)\n", passFail(s.Pass), s.OutDir)
 	return bw.Flush()
 }

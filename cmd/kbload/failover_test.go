@@ -2,12 +2,7 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -165,43 +160,17 @@ not json at all
 // ghz runs and two fail-backs), so it runs only with KBLOAD_INTEGRATION=1
 // and without -short. It checks outcomes, never speed.
 func TestBenchFailoverIntegration(t *testing.T) {
-	if testing.Short() || os.Getenv("KBLOAD_INTEGRATION") != "1" {
-		t.Skip("set KBLOAD_INTEGRATION=1 (and no -short) to run bench-failover against a real keybroker")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/keybroker")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keybroker: %v\n%s", err, out)
-	}
-	ghz, err := buildGhz(ctx, root, bin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	in := startIntegration(t, "bench-failover against a real keybroker", 10*time.Minute, true)
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	err = run(ctx, &env{stdout: &stdout, stderr: &stderr}, []string{
-		"bench-failover", "--keybroker", filepath.Join(bin, "keybroker"), "--ghz", ghz,
+	stdout, stderr, err := in.kbload(
+		"bench-failover", "--keybroker", in.keybroker, "--ghz", in.ghz,
 		"--duration", "2s", "--concurrency", "4", "--connections", "2", "--out", out, "--no-fail",
-	})
+	)
 	if err != nil {
-		t.Fatalf("kbload bench-failover err = %v, want nil\nstderr:\n%s", err, stderr.String())
+		t.Fatalf("kbload bench-failover err = %v, want nil\nstderr:\n%s", err, stderr)
 	}
-	t.Logf("kbload bench-failover:\n%s", stdout.String())
-	b, err := os.ReadFile(filepath.Join(out, "summary.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s foSummary
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatalf("summary.json: %v", err)
-	}
+	t.Logf("kbload bench-failover:\n%s", stdout)
+	s := readSummary[foSummary](t, out)
 	if len(s.Phases) != 3 {
 		t.Fatalf("summary.json has %d phases, want 3", len(s.Phases))
 	}

@@ -155,35 +155,44 @@ func (g ghzRun) args(call, data string, d time.Duration) []string {
 
 // run runs ghz for d and returns its parsed report and the raw JSON.
 func (g ghzRun) run(ctx context.Context, call, data string, d time.Duration) (ghzReport, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, d+ghzSlack)
+	rep, raw, err := runGhz(ctx, g.bin, g.args(call, data, d), "ghz "+call, d+ghzSlack, g.stderr)
+	if err == nil && rep.Count == 0 {
+		return ghzReport{}, nil, fmt.Errorf("ghz %s made no call in %v: is the broker serving?", call, d)
+	}
+	return rep, raw, err
+}
+
+// runGhz runs bin with args in a process group of its own, killed when it
+// takes longer than limit, and returns its parsed report and the raw JSON.
+// name starts its error messages; ghz's own stderr is copied to stderrOut
+// (nil: discarded).
+func runGhz(ctx context.Context, bin string, args []string, name string, limit time.Duration, stderrOut io.Writer) (ghzReport, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	var stdout bytes.Buffer
 	stderr := &capped{max: maxGhzStderr}
-	cmd := exec.CommandContext(ctx, g.bin, g.args(call, data, d)...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout = &stdout
 	cmd.Stderr = stderr
 	setProcessGroup(cmd)
 	cmd.Cancel = func() error { return signalGroup(cmd.Process, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
-	if g.stderr != nil && stderr.Len() > 0 {
-		_, _ = g.stderr.Write(stderr.Bytes())
+	if stderrOut != nil && stderr.Len() > 0 {
+		_, _ = stderrOut.Write(stderr.Bytes())
 	}
 	if ctx.Err() != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return ghzReport{}, nil, fmt.Errorf("ghz %s did not finish within %v", call, d+ghzSlack)
+			return ghzReport{}, nil, fmt.Errorf("%s did not finish within %v", name, limit)
 		}
 		return ghzReport{}, nil, ctx.Err()
 	}
 	if err != nil {
-		return ghzReport{}, nil, fmt.Errorf("ghz %s: %v: %s", call, err, bytes.TrimSpace(stderr.Bytes()))
+		return ghzReport{}, nil, fmt.Errorf("%s: %v: %s", name, err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	rep, err := parseGhzReport(stdout.Bytes())
 	if err != nil {
-		return ghzReport{}, nil, fmt.Errorf("ghz %s: %w", call, err)
-	}
-	if rep.Count == 0 {
-		return ghzReport{}, nil, fmt.Errorf("ghz %s made no call in %v: is the broker serving?", call, d)
+		return ghzReport{}, nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return rep, stdout.Bytes(), nil
 }
@@ -191,17 +200,26 @@ func (g ghzRun) run(ctx context.Context, call, data string, d time.Duration) (gh
 // buildGhz builds the pinned ghz into dir once, so compiling is never part
 // of a measurement. root is the repository root.
 func buildGhz(ctx context.Context, root, dir string) (string, error) {
+	bin := filepath.Join(dir, "ghz")
+	if err := buildWithGhzModule(ctx, root, bin, "github.com/bojand/ghz/cmd/ghz"); err != nil {
+		return "", fmt.Errorf("building ghz from %s: %w", filepath.Join(root, ghzModFile), err)
+	}
+	return bin, nil
+}
+
+// buildWithGhzModule builds pkg into bin in root against ghz's own module,
+// whose dependencies clash with ours.
+func buildWithGhzModule(ctx context.Context, root, bin, pkg string) error {
 	ctx, cancel := context.WithTimeout(ctx, ghzBuildTimeout)
 	defer cancel()
-	bin := filepath.Join(dir, "ghz")
 	stderr := &capped{max: maxGhzStderr}
-	cmd := exec.CommandContext(ctx, "go", "build", "-modfile="+ghzModFile, "-o", bin, "github.com/bojand/ghz/cmd/ghz")
+	cmd := exec.CommandContext(ctx, "go", "build", "-modfile="+ghzModFile, "-o", bin, pkg)
 	cmd.Dir = root
 	cmd.Stderr = stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("building ghz from %s: %v: %s", filepath.Join(root, ghzModFile), err, bytes.TrimSpace(stderr.Bytes()))
+		return fmt.Errorf("%v: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}
-	return bin, nil
+	return nil
 }
 
 // repoRoot finds the repository root (the directory holding

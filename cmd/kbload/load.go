@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -285,54 +284,24 @@ type ghzTarget struct {
 // runGhzConfig runs ghz with a configuration file and returns the parsed
 // report and the raw JSON.
 func runGhzConfig(ctx context.Context, t ghzTarget, cfgPath string, timeout time.Duration, stderrOut io.Writer) (ghzReport, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var stdout bytes.Buffer
-	stderr := &capped{max: maxGhzStderr}
-	cmd := exec.CommandContext(ctx, t.bin,
+	args := []string{
 		"--config", cfgPath,
 		"--cacert", t.ca, "--cert", t.cert, "--key", t.key, "--cname", serverName,
-		"--format", "json", t.addr)
-	cmd.Stdout = &stdout
-	cmd.Stderr = stderr
-	setProcessGroup(cmd)
-	cmd.Cancel = func() error { return signalGroup(cmd.Process, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
-	err := cmd.Run()
-	if stderrOut != nil && stderr.Len() > 0 {
-		_, _ = stderrOut.Write(stderr.Bytes())
+		"--format", "json", t.addr,
 	}
-	if ctx.Err() != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return ghzReport{}, nil, fmt.Errorf("ghz --config %s did not finish within %v", cfgPath, timeout)
-		}
-		return ghzReport{}, nil, ctx.Err()
-	}
-	if err != nil {
-		return ghzReport{}, nil, fmt.Errorf("ghz --config %s: %v: %s", cfgPath, err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	rep, err := parseGhzReport(stdout.Bytes())
-	if err != nil {
-		return ghzReport{}, nil, fmt.Errorf("ghz --config %s: %w", cfgPath, err)
-	}
-	if rep.Count == 0 {
+	rep, raw, err := runGhz(ctx, t.bin, args, "ghz --config "+cfgPath, timeout, stderrOut)
+	if err == nil && rep.Count == 0 {
 		return ghzReport{}, nil, fmt.Errorf("ghz --config %s made no call: is the broker serving?", cfgPath)
 	}
-	return rep, stdout.Bytes(), nil
+	return rep, raw, err
 }
 
 // buildConverter builds load/ghzhtml (ghz's HTML printer over a JSON
 // report) against ghz's own module, like ghz itself.
 func buildConverter(ctx context.Context, root, dir string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, ghzBuildTimeout)
-	defer cancel()
 	bin := filepath.Join(dir, "ghzhtml")
-	stderr := &capped{max: maxGhzStderr}
-	cmd := exec.CommandContext(ctx, "go", "build", "-modfile="+ghzModFile, "-o", bin, "./load/ghzhtml/main.go")
-	cmd.Dir = root
-	cmd.Stderr = stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("building load/ghzhtml: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	if err := buildWithGhzModule(ctx, root, bin, "./load/ghzhtml/main.go"); err != nil {
+		return "", fmt.Errorf("building load/ghzhtml: %w", err)
 	}
 	return bin, nil
 }
@@ -387,8 +356,8 @@ func runLoad(ctx context.Context, e *env, args []string) error {
 	if f.sample < 100*time.Millisecond {
 		return usageErrorf("--sample %v: want at least 100ms", f.sample)
 	}
-	if _, err := os.Stat(f.keybroker); err != nil {
-		return usageErrorf("--keybroker %s: %v; build it with: go build -o bin/ ./cmd/keybroker (or make build)", f.keybroker, errors.Unwrap(err))
+	if err := checkKeybroker(f.keybroker); err != nil {
+		return err
 	}
 	all, err := loadScenarios(f.dir)
 	if err != nil {
@@ -399,39 +368,25 @@ func runLoad(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 
-	started := time.Now()
-	if f.out == "" {
-		f.out = filepath.Join("load", "reports", "load-"+started.Format("20060102-150405"))
-	}
-	if err := os.MkdirAll(f.out, 0o755); err != nil {
-		return fmt.Errorf("--out: %w", err)
-	}
-	tmp, err := os.MkdirTemp("", "kbload-load-")
+	sess, err := newSession(ctx, e, sessionConfig{report: "load", tmpPrefix: "kbload-load-", out: f.out, ghz: f.ghz})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer sess.Close()
+	f.out = sess.out // the scenarios write their reports there
 
-	root, err := repoRoot()
-	if err != nil && f.ghz == "" {
-		return err
-	}
-	if f.ghz == "" {
-		fmt.Fprintln(e.stderr, "kbload: building ghz ...")
-		if f.ghz, err = buildGhz(ctx, root, tmp); err != nil {
-			return err
-		}
-	}
+	// The HTML converter is a nicety: without the repository, no HTML.
+	root, _ := repoRoot()
 	converter := ""
 	if root != "" {
-		if converter, err = buildConverter(ctx, root, tmp); err != nil {
+		if converter, err = buildConverter(ctx, root, sess.tmp); err != nil {
 			fmt.Fprintf(e.stderr, "kbload: no HTML reports: %v\n", err)
 		}
 	}
 
-	l := &loadRun{e: e, f: f, tmp: tmp, ghz: f.ghz, converter: converter, hc: &http.Client{}}
+	l := &loadRun{e: e, f: f, sess: sess, converter: converter, hc: &http.Client{}}
 	defer l.stopAll()
-	res := loadSummary{Started: started, Machine: describeMachine(f.keybroker), OutDir: f.out}
+	res := loadSummary{Started: sess.started, Machine: describeMachine(f.keybroker), OutDir: sess.out}
 	for _, s := range scenarios {
 		fmt.Fprintf(e.stderr, "kbload: scenario %s ...\n", s.Name)
 		r, err := l.run(ctx, s)
@@ -442,16 +397,10 @@ func runLoad(ctx context.Context, e *env, args []string) error {
 	}
 	res.Pass = true
 	for _, s := range res.Scenarios {
-		for _, c := range s.Checks {
-			res.Pass = res.Pass && c.Pass
-		}
+		res.Pass = res.Pass && allPass(s.Checks)
 	}
-	js, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
+	if err := sess.writeSummary(res); err != nil {
 		return err
-	}
-	if err := os.WriteFile(filepath.Join(f.out, "summary.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("writing the summary: %w", err)
 	}
 	if err := printLoadReport(e.stdout, res); err != nil {
 		return err
@@ -459,10 +408,7 @@ func runLoad(ctx context.Context, e *env, args []string) error {
 	if err := l.stopAll(); err != nil {
 		return err
 	}
-	if !res.Pass && !f.noFail {
-		return errTargets
-	}
-	return nil
+	return verdict(res.Pass, f.noFail)
 }
 
 // loadSummary is everything a load run found; also summary.json.
@@ -516,16 +462,15 @@ type runResult struct {
 
 // loadRun holds the brokers of one load run.
 type loadRun struct {
-	e              *env
-	f              loadFlags
-	tmp            string
-	ghz, converter string
-	hc             *http.Client
+	e         *env
+	f         loadFlags
+	sess      *session // the brokers' logs, the ghz binary and a temporary directory
+	converter string
+	hc        *http.Client
 
 	shared *devBroker   // for the scenarios without fresh_broker
 	data   requestData  // the shared broker's placeholders
 	others []*devBroker // fresh brokers, stopped as soon as their scenario ends
-	logs   []*os.File   // the brokers' logs, closed once they are stopped
 }
 
 // stopAll stops every broker still running; it is safe to call twice.
@@ -537,23 +482,13 @@ func (l *loadRun) stopAll() error {
 	for _, b := range l.others {
 		errs = append(errs, b.Stop())
 	}
-	for _, f := range l.logs {
-		f.Close()
-	}
-	l.logs = nil
 	return errors.Join(errs...)
 }
 
-// startBroker starts `keybroker dev` in dir with its log in the reports.
+// startBroker starts `keybroker dev` in dir with its log in the reports,
+// appended to: a fresh broker is started twice.
 func (l *loadRun) startBroker(ctx context.Context, dir, logName string) (*devBroker, error) {
-	logPath := filepath.Join(l.f.out, logName)
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("broker log: %w", err)
-	}
-	l.logs = append(l.logs, logFile)
-	fmt.Fprintf(l.e.stderr, "kbload: starting %s dev (log: %s) ...\n", l.f.keybroker, logPath)
-	b, err := startDevBroker(ctx, l.f.keybroker, dir, logFile)
+	b, err := l.sess.startDev(ctx, l.f.keybroker, dir, logName, os.O_APPEND)
 	if err != nil {
 		return nil, err
 	}
@@ -585,7 +520,7 @@ func (l *loadRun) run(ctx context.Context, s scenario) (scenarioResult, error) {
 		}
 	} else {
 		if l.shared == nil {
-			sb, err := l.startBroker(ctx, filepath.Join(l.tmp, "dev"), "keybroker.log")
+			sb, err := l.startBroker(ctx, filepath.Join(l.sess.tmp, "dev"), "keybroker.log")
 			if err != nil {
 				return res, err
 			}
@@ -662,7 +597,7 @@ func sharedData(ctx context.Context, b *devBroker) (requestData, error) {
 // what start-up loads. The emulator runs inside the broker, so its counters
 // start at zero with the new process.
 func (l *loadRun) freshBroker(ctx context.Context, s scenario) (*devBroker, requestData, int, error) {
-	dir := filepath.Join(l.tmp, "dev-"+s.Name)
+	dir := filepath.Join(l.sess.tmp, "dev-"+s.Name)
 	logName := "keybroker-" + s.Name + ".log"
 	prep, err := l.startBroker(ctx, dir, logName)
 	if err != nil {
@@ -741,7 +676,7 @@ func rotateTo(ctx context.Context, info devInfo, n int) ([]string, error) {
 
 // runAll runs every ghz run of s at once and writes their reports.
 func (l *loadRun) runAll(ctx context.Context, s scenario, b *devBroker, data requestData) ([]runResult, error) {
-	target := ghzTarget{bin: l.ghz, addr: b.info.Address, ca: b.info.CA, cert: b.info.EngineCert, key: b.info.EngineKey}
+	target := ghzTarget{bin: l.sess.ghz, addr: b.info.Address, ca: b.info.CA, cert: b.info.EngineCert, key: b.info.EngineKey}
 	out := make([]runResult, len(s.Runs))
 	errs := make([]error, len(s.Runs))
 	var wg sync.WaitGroup
@@ -750,7 +685,7 @@ func (l *loadRun) runAll(ctx context.Context, s scenario, b *devBroker, data req
 		if err != nil {
 			return nil, err
 		}
-		cfgPath := filepath.Join(l.tmp, s.Name+"-"+r.Name+".ghz.json")
+		cfgPath := filepath.Join(l.sess.tmp, s.Name+"-"+r.Name+".ghz.json")
 		if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
 			return nil, err
 		}
@@ -880,17 +815,9 @@ func printLoadReport(w io.Writer, s loadSummary) error {
 	fmt.Fprintln(bw, "\nchecks:")
 	for _, sc := range s.Scenarios {
 		for _, c := range sc.Checks {
-			verdict := "FAIL"
-			if c.Pass {
-				verdict = "PASS"
-			}
-			fmt.Fprintf(bw, "  %s  %-8s %-22s want %-22s got %s\n", verdict, sc.Name, c.Name, c.Want, c.Got)
+			fmt.Fprintf(bw, "  %s  %-8s %-22s want %-22s got %s\n", passFail(c.Pass), sc.Name, c.Name, c.Want, c.Got)
 		}
 	}
-	verdict := "FAIL"
-	if s.Pass {
-		verdict = "PASS"
-	}
-	fmt.Fprintf(bw, "\nresult: %s (reports, ghz HTML included, in %s)\n", verdict, s.OutDir)
+	fmt.Fprintf(bw, "\nresult: %s (reports, ghz HTML included, in %s)\n", passFail(s.Pass), s.OutDir)
 	return bw.Flush()
 }

@@ -1,11 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,45 +13,21 @@ import (
 // KBLOAD_INTEGRATION=1 and without -short; it checks that the runs work and
 // the brokers answer without error, never speed.
 func TestLoadAndSoakIntegration(t *testing.T) {
-	if testing.Short() || os.Getenv("KBLOAD_INTEGRATION") != "1" {
-		t.Skip("set KBLOAD_INTEGRATION=1 (and no -short) to run load and soak against a real keybroker dev")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/keybroker")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keybroker: %v\n%s", err, out)
-	}
-	ghz, err := buildGhz(ctx, root, bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keybroker := filepath.Join(bin, "keybroker")
+	in := startIntegration(t, "load and soak against a real keybroker dev", 10*time.Minute, true)
 
 	t.Run("load", func(t *testing.T) {
 		out := t.TempDir()
-		var stdout, stderr bytes.Buffer
-		err := run(ctx, &env{stdout: &stdout, stderr: &stderr}, []string{
-			"load", "--keybroker", keybroker, "--ghz", ghz, "--scenarios-dir", filepath.Join(root, "load"),
+		stdout, stderr, err := in.kbload(
+			"load", "--keybroker", in.keybroker, "--ghz", in.ghz, "--scenarios-dir", filepath.Join(in.root, "load"),
 			"--duration", "1s", "--out", out,
-		})
-		t.Logf("kbload load:\n%s", stdout.String())
+		)
+		t.Logf("kbload load:\n%s", stdout)
 		if err != nil {
-			t.Fatalf("kbload load err = %v, want nil (every check passed)\nstderr:\n%s", err, stderr.String())
+			t.Fatalf("kbload load err = %v, want nil (every check passed)\nstderr:\n%s", err, stderr)
 		}
-		var s loadSummary
-		b, err := os.ReadFile(filepath.Join(out, "summary.json"))
-		if err == nil {
-			err = json.Unmarshal(b, &s)
-		}
-		if err != nil || len(s.Scenarios) != 4 || !s.Pass {
-			t.Fatalf("summary.json = %d scenarios, pass %v (%v), want 4 passing", len(s.Scenarios), s.Pass, err)
+		s := readSummary[loadSummary](t, out)
+		if len(s.Scenarios) != 4 || !s.Pass {
+			t.Fatalf("summary.json = %d scenarios, pass %v, want 4 passing", len(s.Scenarios), s.Pass)
 		}
 		for _, sc := range s.Scenarios {
 			for _, r := range sc.Runs {
@@ -71,23 +43,18 @@ func TestLoadAndSoakIntegration(t *testing.T) {
 
 	t.Run("soak", func(t *testing.T) {
 		out := t.TempDir()
-		var stdout, stderr bytes.Buffer
-		err := run(ctx, &env{stdout: &stdout, stderr: &stderr}, []string{
-			"soak", "--keybroker", keybroker, "--ghz", ghz, "--duration", "15s", "--warmup", "3s",
+		stdout, stderr, err := in.kbload(
+			"soak", "--keybroker", in.keybroker, "--ghz", in.ghz, "--duration", "15s", "--warmup", "3s",
 			"--sample", "500ms", "--chunk", "5s", "--concurrency", "10", "--connections", "2", "--out", out, "--no-fail",
-		})
-		t.Logf("kbload soak:\n%s", stdout.String())
+		)
+		t.Logf("kbload soak:\n%s", stdout)
 		if err != nil {
-			t.Fatalf("kbload soak err = %v, want nil\nstderr:\n%s", err, stderr.String())
+			t.Fatalf("kbload soak err = %v, want nil\nstderr:\n%s", err, stderr)
 		}
-		var s soakSummary
-		b, err := os.ReadFile(filepath.Join(out, "summary.json"))
-		if err == nil {
-			err = json.Unmarshal(b, &s)
-		}
-		if err != nil || s.Calls == 0 || s.Errors != 0 || len(s.Samples) < minGrowthSamples || len(s.ScrapeErrors) != 0 {
-			t.Fatalf("summary.json: %d calls, %d errors, %d samples, scrape errors %v (%v); want calls, no error, samples",
-				s.Calls, s.Errors, len(s.Samples), s.ScrapeErrors, err)
+		s := readSummary[soakSummary](t, out)
+		if s.Calls == 0 || s.Errors != 0 || len(s.Samples) < minGrowthSamples || len(s.ScrapeErrors) != 0 {
+			t.Fatalf("summary.json: %d calls, %d errors, %d samples, scrape errors %v; want calls, no error, samples",
+				s.Calls, s.Errors, len(s.Samples), s.ScrapeErrors)
 		}
 		if _, err := os.Stat(filepath.Join(out, "samples.csv")); err != nil {
 			t.Errorf("samples.csv: %v", err)

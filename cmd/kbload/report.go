@@ -110,6 +110,33 @@ type check struct {
 	Pass bool   `json:"pass"`
 }
 
+// allPass reports whether every check passed.
+func allPass(checks []check) bool {
+	for _, c := range checks {
+		if !c.Pass {
+			return false
+		}
+	}
+	return true
+}
+
+// passFail is a verdict as the reports print it.
+func passFail(pass bool) string {
+	if pass {
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// printChecks writes the checks of a report under their heading, the names
+// and wants padded to the widths given so the columns line up.
+func printChecks(w io.Writer, checks []check, nameWidth, wantWidth int) {
+	fmt.Fprintln(w, "\nchecks:")
+	for _, c := range checks {
+		fmt.Fprintf(w, "  %s  %-*s want %-*s got %s\n", passFail(c.Pass), nameWidth, c.Name, wantWidth, c.Want, c.Got)
+	}
+}
+
 // roundResult is one ghz run of one call in one round.
 type roundResult struct {
 	report ghzReport
@@ -204,11 +231,7 @@ func judge(calls []callSummary, akv akvCalls, b brokerActivity) ([]check, bool) 
 		Got:  fmt.Sprintf("%d of %d calls", errs, count),
 		Pass: errs == 0,
 	})
-	pass := true
-	for _, c := range checks {
-		pass = pass && c.Pass
-	}
-	return checks, pass
+	return checks, allPass(checks)
 }
 
 // printReport writes the human-readable result of a bench run.
@@ -242,19 +265,8 @@ func printReport(w io.Writer, s summary) error {
 		}
 	}
 
-	fmt.Fprintln(bw, "\nchecks:")
-	for _, c := range s.Checks {
-		verdict := "FAIL"
-		if c.Pass {
-			verdict = "PASS"
-		}
-		fmt.Fprintf(bw, "  %s  %-45s want %-9s got %s\n", verdict, c.Name, c.Want, c.Got)
-	}
-	verdict := "FAIL"
-	if s.Pass {
-		verdict = "PASS"
-	}
-	fmt.Fprintf(bw, "\nresult: %s (reports in %s)\n", verdict, s.OutDir)
+	printChecks(bw, s.Checks, 45, 9)
+	fmt.Fprintf(bw, "\nresult: %s (reports in %s)\n", passFail(s.Pass), s.OutDir)
 	return bw.Flush()
 }
 

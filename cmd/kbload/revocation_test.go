@@ -2,11 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -147,38 +142,16 @@ func TestPrintRevReport(t *testing.T) {
 // ghz, against a keybroker built from this tree. Slow (a build, a broker),
 // so only with KBLOAD_INTEGRATION=1 and without -short.
 func TestBenchRevocationIntegration(t *testing.T) {
-	if testing.Short() || os.Getenv("KBLOAD_INTEGRATION") != "1" {
-		t.Skip("set KBLOAD_INTEGRATION=1 (and no -short) to run bench-revocation against a real keybroker")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/keybroker")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keybroker: %v\n%s", err, out)
-	}
+	in := startIntegration(t, "bench-revocation against a real keybroker", 5*time.Minute, false)
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	err = run(ctx, &env{stdout: &stdout, stderr: &stderr}, []string{
-		"bench-revocation", "--keybroker", filepath.Join(bin, "keybroker"), "--ghz", "off",
+	stdout, stderr, err := in.kbload(
+		"bench-revocation", "--keybroker", in.keybroker, "--ghz", "off",
 		"--interval", "1s", "--rounds", "1", "--tail", "200ms", "--concurrency", "4", "--connections", "2", "--out", out,
-	})
+	)
 	if err != nil {
-		t.Fatalf("kbload bench-revocation err = %v, want nil\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+		t.Fatalf("kbload bench-revocation err = %v, want nil\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
 	}
-	b, err := os.ReadFile(filepath.Join(out, "summary.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s revSummary
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatalf("summary.json: %v", err)
-	}
+	s := readSummary[revSummary](t, out)
 	if len(s.Rounds) != 1 || s.Rounds[0].PauseMs < 0 || s.Rounds[0].OKBefore == 0 || s.Rounds[0].RefusedAfter == 0 || !s.Pass {
 		t.Fatalf("summary = %+v, want one passing round with keys served before and refused after the PAUSE", s)
 	}

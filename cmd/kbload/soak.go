@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -97,40 +95,16 @@ func runSoak(ctx context.Context, e *env, args []string) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
-	if _, err := os.Stat(f.keybroker); err != nil {
-		return usageErrorf("--keybroker %s: %v; build it with: go build -o bin/ ./cmd/keybroker (or make build)", f.keybroker, errors.Unwrap(err))
+	if err := checkKeybroker(f.keybroker); err != nil {
+		return err
 	}
-	started := time.Now()
-	if f.out == "" {
-		f.out = filepath.Join("load", "reports", "soak-"+started.Format("20060102-150405"))
-	}
-	if err := os.MkdirAll(f.out, 0o755); err != nil {
-		return fmt.Errorf("--out: %w", err)
-	}
-	tmp, err := os.MkdirTemp("", "kbload-soak-")
+	sess, err := newSession(ctx, e, sessionConfig{report: "soak", tmpPrefix: "kbload-soak-", out: f.out, ghz: f.ghz})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	if f.ghz == "" {
-		root, err := repoRoot()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(e.stderr, "kbload: building ghz ...")
-		if f.ghz, err = buildGhz(ctx, root, tmp); err != nil {
-			return err
-		}
-	}
+	defer sess.Close()
 
-	logPath := filepath.Join(f.out, "keybroker.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("broker log: %w", err)
-	}
-	defer logFile.Close()
-	fmt.Fprintf(e.stderr, "kbload: starting %s dev (log: %s) ...\n", f.keybroker, logPath)
-	b, err := startDevBroker(ctx, f.keybroker, filepath.Join(tmp, "dev"), logFile)
+	b, err := sess.startDev(ctx, f.keybroker, filepath.Join(sess.tmp, "dev"), "keybroker.log", os.O_TRUNC)
 	if err != nil {
 		return err
 	}
@@ -151,7 +125,7 @@ func runSoak(ctx context.Context, e *env, args []string) error {
 	hc := &http.Client{}
 	smp := startSampler(ctx, hc, b.info.AdminURL, f.sample)
 	g := ghzRun{
-		bin: f.ghz, addr: b.info.Address, ca: b.info.CA, cert: b.info.EngineCert, key: b.info.EngineKey,
+		bin: sess.ghz, addr: b.info.Address, ca: b.info.CA, cert: b.info.EngineCert, key: b.info.EngineKey,
 		concurrency: f.concurrency, conns: f.connects, stderr: e.stderr,
 	}
 	chunks, loadErr := soakLoad(ctx, e.stderr, g, f, loadStart)
@@ -165,15 +139,15 @@ func runSoak(ctx context.Context, e *env, args []string) error {
 	}
 
 	s := soakSummary{
-		Started: started, Duration: f.duration.String(), Warmup: f.warmup.String(), Sample: f.sample.String(),
+		Started: sess.started, Duration: f.duration.String(), Warmup: f.warmup.String(), Sample: f.sample.String(),
 		Concurrency: f.concurrency, Connections: f.connects, Machine: describeMachine(f.keybroker),
-		AKV: sumAKV(counters), Chunks: chunks, ScrapeErrors: scrapeErrs, OutDir: f.out,
+		AKV: sumAKV(counters), Chunks: chunks, ScrapeErrors: scrapeErrs, OutDir: sess.out,
 	}
 	for i, c := range chunks {
 		s.Calls += c.Count
 		s.Errors += c.Errors
 		file := fmt.Sprintf("chunk%03d-GetMasterKey.json", i+1)
-		if err := writeReport(filepath.Join(f.out, file), c.raw); err != nil {
+		if err := writeReport(filepath.Join(sess.out, file), c.raw); err != nil {
 			return err
 		}
 	}
@@ -183,15 +157,11 @@ func runSoak(ctx context.Context, e *env, args []string) error {
 	if n := len(samples); n > 0 {
 		s.ValidityChecks = samples[n-1].Checks - samples[0].Checks
 	}
-	if err := writeSamplesCSV(filepath.Join(f.out, "samples.csv"), samples, loadStart); err != nil {
+	if err := writeSamplesCSV(filepath.Join(sess.out, "samples.csv"), samples, loadStart); err != nil {
 		return err
 	}
-	js, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
+	if err := sess.writeSummary(s); err != nil {
 		return err
-	}
-	if err := os.WriteFile(filepath.Join(f.out, "summary.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("writing the summary: %w", err)
 	}
 	if err := printSoakReport(e.stdout, s); err != nil {
 		return err
@@ -199,10 +169,7 @@ func runSoak(ctx context.Context, e *env, args []string) error {
 	if err := b.Stop(); err != nil {
 		return err
 	}
-	if !s.Pass && !f.noFail {
-		return errTargets
-	}
-	return nil
+	return verdict(s.Pass, f.noFail)
 }
 
 // soakChunk is one ghz run of the soak.
@@ -393,11 +360,7 @@ func judgeSoak(samples []metricsSample, scrapeErrs []string, ghzErrors uint64, w
 			Pass: !grows,
 		})
 	}
-	pass := true
-	for _, c := range checks {
-		pass = pass && c.Pass
-	}
-	return checks, pass
+	return checks, allPass(checks)
 }
 
 // writeSamplesCSV writes one line per scrape, for a spreadsheet or gnuplot.
@@ -448,18 +411,7 @@ func printSoakReport(w io.Writer, s soakSummary) error {
 	for _, e := range s.ScrapeErrors {
 		fmt.Fprintf(bw, "scrape: %s\n", truncate(e, 200))
 	}
-	fmt.Fprintln(bw, "\nchecks:")
-	for _, c := range s.Checks {
-		verdict := "FAIL"
-		if c.Pass {
-			verdict = "PASS"
-		}
-		fmt.Fprintf(bw, "  %s  %-35s want %-22s got %s\n", verdict, c.Name, c.Want, c.Got)
-	}
-	verdict := "FAIL"
-	if s.Pass {
-		verdict = "PASS"
-	}
-	fmt.Fprintf(bw, "\nresult: %s (samples.csv and reports in %s)\n", verdict, s.OutDir)
+	printChecks(bw, s.Checks, 35, 22)
+	fmt.Fprintf(bw, "\nresult: %s (samples.csv and reports in %s)\n", passFail(s.Pass), s.OutDir)
 	return bw.Flush()
 }
