@@ -19,6 +19,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/pki"
 )
 
 // Errors returned by this package; match them with errors.Is.
@@ -245,38 +247,20 @@ func isKeyBlock(t string) bool {
 // parseKey returns the first private key: PKCS#8, SEC 1 or PKCS#1. Errors
 // describe the block, never its bytes.
 func parseKey(b []byte) (crypto.Signer, error) {
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			return nil, errors.New("no PEM private key: the file must hold a \"PRIVATE KEY\" block")
-		}
-		var (
-			key any
-			err error
-		)
-		switch block.Type {
-		case "PRIVATE KEY":
-			key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-		case "EC PRIVATE KEY":
-			key, err = x509.ParseECPrivateKey(block.Bytes)
-		case "RSA PRIVATE KEY":
-			key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-		case "ENCRYPTED PRIVATE KEY":
-			return nil, errors.New("the private key is encrypted; the broker needs it decrypted, protected by file mode 0600")
-		default:
-			continue
-		}
-		clear(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s block does not parse: %w", block.Type, err)
-		}
-		s, ok := key.(crypto.Signer)
-		if !ok {
-			return nil, fmt.Errorf("unsupported private key type %T", key)
-		}
-		return s, nil
+	key, typ, err := pki.DecodePrivateKeyPEM(b)
+	switch {
+	case typ == "":
+		return nil, errors.New("no PEM private key: the file must hold a \"PRIVATE KEY\" block")
+	case typ == pki.EncryptedKeyBlock:
+		return nil, errors.New("the private key is encrypted; the broker needs it decrypted, protected by file mode 0600")
+	case err != nil:
+		return nil, fmt.Errorf("%s block does not parse: %w", typ, err)
 	}
+	s, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("unsupported private key type %T", key)
+	}
+	return s, nil
 }
 
 func hasUsage(c *x509.Certificate, want x509.ExtKeyUsage) bool {

@@ -501,16 +501,39 @@ func parseCertPEM(b []byte) (*x509.Certificate, error) {
 // parseKeyPEM returns the first private key in a PEM file: PKCS#8, SEC 1
 // (EC) or PKCS#1 (RSA), so that IssueClient accepts CAs made by other tools.
 func parseKeyPEM(b []byte) (crypto.Signer, error) {
+	key, typ, err := DecodePrivateKeyPEM(b)
+	switch {
+	case typ == "":
+		return nil, fmt.Errorf("%w: no PEM private key", ErrInvalidPEM)
+	case typ == EncryptedKeyBlock:
+		return nil, fmt.Errorf("%w: the private key is encrypted; decrypt it first", ErrInvalidPEM)
+	case err != nil:
+		return nil, fmt.Errorf("%w: %s block: %w", ErrInvalidPEM, typ, err)
+	}
+	s, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%w: unsupported private key type %T", ErrInvalidPEM, key)
+	}
+	return s, nil
+}
+
+// EncryptedKeyBlock is the PEM type of a PKCS#8 encrypted private key,
+// which DecodePrivateKeyPEM finds but does not decrypt.
+const EncryptedKeyBlock = "ENCRYPTED PRIVATE KEY"
+
+// DecodePrivateKeyPEM parses the first private-key block of the PEM data b:
+// PKCS#8, SEC 1 (EC) or PKCS#1 (RSA), clearing the block's DER once parsed.
+// typ is the block's type: "" when b holds no private key, and
+// EncryptedKeyBlock, with a nil key and error, for an encrypted key. err is
+// the parser's and never holds the key's bytes; callers word their own
+// errors from typ and err.
+func DecodePrivateKeyPEM(b []byte) (key any, typ string, err error) {
 	for {
 		var block *pem.Block
 		block, b = pem.Decode(b)
 		if block == nil {
-			return nil, fmt.Errorf("%w: no PEM private key", ErrInvalidPEM)
+			return nil, "", nil
 		}
-		var (
-			key any
-			err error
-		)
 		switch block.Type {
 		case "PRIVATE KEY":
 			key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
@@ -518,20 +541,13 @@ func parseKeyPEM(b []byte) (crypto.Signer, error) {
 			key, err = x509.ParseECPrivateKey(block.Bytes)
 		case "RSA PRIVATE KEY":
 			key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-		case "ENCRYPTED PRIVATE KEY":
-			return nil, fmt.Errorf("%w: the private key is encrypted; decrypt it first", ErrInvalidPEM)
+		case EncryptedKeyBlock:
+			return nil, block.Type, nil
 		default:
 			continue
 		}
 		clear(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s block: %w", ErrInvalidPEM, block.Type, err)
-		}
-		s, ok := key.(crypto.Signer)
-		if !ok {
-			return nil, fmt.Errorf("%w: unsupported private key type %T", ErrInvalidPEM, key)
-		}
-		return s, nil
+		return key, block.Type, err
 	}
 }
 
