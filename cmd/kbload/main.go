@@ -18,17 +18,21 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/keybroker/keybroker/internal/cli"
 )
 
 // Exit codes.
 const (
-	exitOK      = 0
-	exitFailure = 1 // the run could not be carried out
-	exitUsage   = 2 // bad flags
-	exitTargets = 3 // the run completed but missed a target (see --no-fail)
+	exitOK      = cli.ExitOK
+	exitFailure = cli.ExitFailure // the run could not be carried out
+	exitUsage   = cli.ExitUsage   // bad flags
+	exitTargets = 3               // the run completed but missed a target (see --no-fail)
 )
 
-// exitError carries the process exit code with an error.
+// exitError carries the process exit code with an error. It is
+// cli.ExitError under the name and field the scenarios' tests read;
+// exitCode gives it its code.
 type exitError struct {
 	code int
 	err  error
@@ -50,19 +54,18 @@ type env struct {
 	stdout, stderr io.Writer
 }
 
-type command struct {
-	name    string
-	summary string
-	run     func(ctx context.Context, e *env, args []string) error
-}
-
-func commands() []command {
-	return []command{
-		{"bench", "throughput of the key RPCs against Health/Check, and zero Key Vault calls on the hot path", runBench},
-		{"bench-revocation", "revoke the key under GetMasterKey load: time to the PAUSE event, keys served after it (docs/revocation.md)", runBenchRevocation},
-		{"load", "the ghz scenarios of load/ (steady, mix, burst, cold-start storm), with a table and HTML reports", runLoad},
-		{"soak", "steady load for --duration, sampling /metrics: no failed call, no growing memory or goroutines", runSoak},
-		{"bench-failover", "the cold path while the primary region is black-holed, then answers 503: errors, p50/p99 (docs/failover.md)", runBenchFailover},
+func program() *cli.Program[*env] {
+	return &cli.Program[*env]{
+		Name: "kbload",
+		Commands: []cli.Command[*env]{
+			{Name: "bench", Summary: "throughput of the key RPCs against Health/Check, and zero Key Vault calls on the hot path", Run: runBench},
+			{Name: "bench-revocation", Summary: "revoke the key under GetMasterKey load: time to the PAUSE event, keys served after it (docs/revocation.md)", Run: runBenchRevocation},
+			{Name: "load", Summary: "the ghz scenarios of load/ (steady, mix, burst, cold-start storm), with a table and HTML reports", Run: runLoad},
+			{Name: "soak", Summary: "steady load for --duration, sampling /metrics: no failed call, no growing memory or goroutines", Run: runSoak},
+			{Name: "bench-failover", Summary: "the cold path while the primary region is black-holed, then answers 503: errors, p50/p99 (docs/failover.md)", Run: runBenchFailover},
+		},
+		NameWidth: 8,
+		Footer:    "Run 'kbload COMMAND -h' for a command's flags; docs/bench.md explains the output.",
 	}
 }
 
@@ -76,66 +79,24 @@ func main() {
 
 // exitCode prints err and returns the exit code it carries.
 func exitCode(w io.Writer, err error) int {
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return exitOK
-	case errors.Is(err, errTargets):
+	if !errors.Is(err, flag.ErrHelp) && errors.Is(err, errTargets) {
 		fmt.Fprintln(w, err)
 		return exitTargets
 	}
-	fmt.Fprintln(w, "kbload:", err)
 	var ee *exitError
 	if errors.As(err, &ee) {
-		return ee.code
+		err = cli.WithCode(ee.code, err)
 	}
-	return exitFailure
+	return cli.Report(w, "kbload", err)
 }
 
 func run(ctx context.Context, e *env, args []string) error {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		printUsage(e.stdout)
-		if len(args) == 0 {
-			return usageErrorf("no command given")
-		}
-		return nil
-	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(ctx, e, args[1:])
-		}
-	}
-	printUsage(e.stderr)
-	return usageErrorf("unknown command %q", args[0])
-}
-
-func printUsage(w io.Writer) {
-	fmt.Fprintln(w, "usage: kbload COMMAND [flags]\n\ncommands:")
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
-	}
-	fmt.Fprintln(w, "\nRun 'kbload COMMAND -h' for a command's flags; docs/bench.md explains the output.")
+	return program().Run(ctx, e, e.stdout, e.stderr, args)
 }
 
 // newFlagSet makes a flag set whose errors become usage errors.
 func newFlagSet(e *env, name, synopsis string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: kbload %s %s\n\nflags:\n", name, synopsis)
-		fs.PrintDefaults()
-	}
-	return fs
+	return cli.NewFlagSet(e.stderr, "kbload", name, synopsis)
 }
 
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return &exitError{code: exitUsage, err: err}
-	}
-	if fs.NArg() > 0 {
-		return usageErrorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
-	}
-	return nil
-}
+func parseFlags(fs *flag.FlagSet, args []string) error { return cli.ParseFlags(fs, args) }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/kek"
 	"github.com/keybroker/keybroker/internal/keystore"
 	"github.com/keybroker/keybroker/internal/mtls"
@@ -36,17 +37,17 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "check", "--config FILE")
 	cfgPath := fs.String("config", "", "configuration file to check")
 	timeout := fs.Duration("timeout", 60*time.Second, "deadline for all Key Vault calls")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *cfgPath == "" {
-		return usageErrorf("check: --config is required")
+		return cli.UsageErrorf("check: --config is required")
 	}
 	p := &preflight{w: e.stdout}
 	cfg, err := loadConfig(*cfgPath, e)
 	if err != nil {
 		p.fail("configuration", err, "fix the file; every problem is listed with its line")
-		return withCode(exitCheckFailed, fmt.Errorf("check found %d problem(s)", p.failed))
+		return cli.WithCode(exitCheckFailed, fmt.Errorf("check found %d problem(s)", p.failed))
 	}
 	p.ok("configuration", *cfgPath)
 
@@ -76,7 +77,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	wrapper, closeWrapper, err := buildWrapper(cfg, logger)
 	if err != nil {
 		p.fail("azure", err, "check the azure section")
-		return withCode(exitCheckFailed, fmt.Errorf("check found %d problem(s)", p.failed))
+		return cli.WithCode(exitCheckFailed, fmt.Errorf("check found %d problem(s)", p.failed))
 	}
 	defer closeWrapper()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
@@ -129,7 +130,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	if p.failed > 0 {
-		return withCode(exitCheckFailed, fmt.Errorf("check found %d problem(s)", p.failed))
+		return cli.WithCode(exitCheckFailed, fmt.Errorf("check found %d problem(s)", p.failed))
 	}
 	fmt.Fprintln(e.stdout, "all checks passed")
 	return nil

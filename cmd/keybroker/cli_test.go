@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/cli"
 )
 
 // runCLI runs one keybroker command in-process and returns its stdout,
@@ -191,7 +193,7 @@ func TestServeRefusesCorruptKeystore(t *testing.T) {
 	if after, _ := os.ReadFile(victim); !bytes.Equal(after, torn) {
 		t.Fatal("serve changed the corrupt keystore file")
 	}
-	var ee *exitError
+	var ee *cli.ExitError
 	if err := run(context.Background(), &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}, []string{"serve", "--config", h.cfgPath}); !errors.As(err, &ee) {
 		t.Fatalf("serve err = %v, want an exitError", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/mtls"
 	"github.com/keybroker/keybroker/internal/pki"
 	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
@@ -74,7 +75,7 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 		}
 	}
 	if c.ca == "" || c.cert == "" || c.key == "" {
-		return nil, usageErrorf("--ca, --cert and --key are required (or --dev DIR for a 'keybroker dev' broker)")
+		return nil, cli.UsageErrorf("--ca, --cert and --key are required (or --dev DIR for a 'keybroker dev' broker)")
 	}
 	target, serverName := c.addr, c.serverName
 	if path, ok := strings.CutPrefix(c.addr, "unix:"); ok {
@@ -85,17 +86,17 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	} else if serverName == "" {
 		host, _, err := net.SplitHostPort(c.addr)
 		if err != nil {
-			return nil, usageErrorf("--addr %q: want host:port or unix:PATH", c.addr)
+			return nil, cli.UsageErrorf("--addr %q: want host:port or unix:PATH", c.addr)
 		}
 		serverName = host
 	}
 	tlsCfg, err := mtls.ClientTLS(mtls.ClientConfig{CAFile: c.ca, CertFile: c.cert, KeyFile: c.key, ServerName: serverName})
 	if err != nil {
-		return nil, withCode(exitUsage, err)
+		return nil, cli.WithCode(exitUsage, err)
 	}
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
-		return nil, usageErrorf("--addr %q: %w", c.addr, err)
+		return nil, cli.UsageErrorf("--addr %q: %w", c.addr, err)
 	}
 	return conn, nil
 }
@@ -103,7 +104,7 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 // rpcError gives a failed call the exit code its gRPC status implies and a
 // hint where the status alone says little.
 func rpcError(what string, err error) error {
-	var ee *exitError
+	var ee *cli.ExitError
 	if errors.As(err, &ee) {
 		return err // not an RPC failure: the connection flags were wrong
 	}
@@ -125,7 +126,7 @@ func rpcError(what string, err error) error {
 	case codes.InvalidArgument:
 		code = exitUsage
 	}
-	return withCode(code, errors.New(msg))
+	return cli.WithCode(code, errors.New(msg))
 }
 
 func runGetMasterKey(ctx context.Context, e *env, args []string) error {
@@ -136,21 +137,21 @@ func runGetMasterKey(ctx context.Context, e *env, args []string) error {
 	out := fs.String("out", "", "write to this new file (mode 0600; never overwrites) instead of stdout")
 	version := fs.String("version", "", "master-key version id (default: the newest)")
 	keyName := fs.String("key-name", "", "keystore key (default: the broker's default key)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	switch *format {
 	case "raw", "hex", "base64":
 	case "mongod":
 		if *out == "" {
-			return usageErrorf("--format mongod writes a key file: give --out FILE")
+			return cli.UsageErrorf("--format mongod writes a key file: give --out FILE")
 		}
 	default:
-		return usageErrorf("--format %q: want raw, hex, base64 or mongod", *format)
+		return cli.UsageErrorf("--format %q: want raw, hex, base64 or mongod", *format)
 	}
 	if *out == "" && *format == "raw" {
 		if isTerminal(e.stdout) {
-			return usageErrorf("refusing to print raw key bytes to a terminal: use --format hex|base64, or redirect stdout, or --out FILE")
+			return cli.UsageErrorf("refusing to print raw key bytes to a terminal: use --format hex|base64, or redirect stdout, or --out FILE")
 		}
 	}
 	var resp *keybrokerv1.GetMasterKeyResponse
@@ -200,9 +201,9 @@ func writeNewFile(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return usageErrorf("--out %s exists: refusing to overwrite a key file; remove it first or choose another path", path)
+			return cli.UsageErrorf("--out %s exists: refusing to overwrite a key file; remove it first or choose another path", path)
 		}
-		return usageErrorf("--out: %w", err)
+		return cli.UsageErrorf("--out: %w", err)
 	}
 	_, err = f.Write(data)
 	if err == nil {
@@ -223,7 +224,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	var cf clientFlags
 	cf.register(fs, "engine")
 	asJSON := fs.Bool("json", false, "print the status as JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	var st *keybrokerv1.GetStatusResponse
@@ -288,7 +289,7 @@ func runRotate(ctx context.Context, e *env, args []string) error {
 	var cf clientFlags
 	cf.register(fs, "admin")
 	keyName := fs.String("key-name", "", "keystore key (default: the broker's default key)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	var resp *keybrokerv1.RotateDEKResponse
@@ -307,7 +308,7 @@ func runRevalidate(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "revalidate", "[connection flags]")
 	var cf clientFlags
 	cf.register(fs, "admin")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	var resp *keybrokerv1.RevalidateResponse
@@ -322,9 +323,9 @@ func runRevalidate(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "%s: %s\n", state, resp.GetReason())
 	if !resp.GetOk() {
 		if resp.GetState() == keybrokerv1.State_STATE_PAUSED {
-			return withCode(exitRevoked, errors.New("revalidation failed: the broker stays PAUSED"))
+			return cli.WithCode(exitRevoked, errors.New("revalidation failed: the broker stays PAUSED"))
 		}
-		return withCode(exitUnavailable, errors.New("revalidation failed: Key Vault did not confirm access"))
+		return cli.WithCode(exitUnavailable, errors.New("revalidation failed: Key Vault did not confirm access"))
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keybroker/keybroker/internal/akvemu"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/pki"
 )
@@ -44,15 +45,15 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	dir := fs.String("dir", ".dev", "directory for the dev PKI, the emulator's state, the keystore and the generated configuration")
 	addr := fs.String("addr", "127.0.0.1:7443", "TCP address to serve on (127.0.0.1:0 picks a free port)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	abs, err := filepath.Abs(*dir)
 	if err != nil {
-		return usageErrorf("--dir: %w", err)
+		return cli.UsageErrorf("--dir: %w", err)
 	}
 	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return usageErrorf("--dir: %w", err)
+		return cli.UsageErrorf("--dir: %w", err)
 	}
 	logger, err := newLogger(e.stderr, config.Log{Level: *logLevel, Format: "text"})
 	if err != nil {

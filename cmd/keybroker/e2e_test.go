@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/internal/akvemu"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/mtls"
 	"github.com/keybroker/keybroker/internal/pki"
@@ -47,33 +48,58 @@ type harness struct {
 // and inits the keystore. extraAzure lines are added to the azure section.
 func newHarness(t *testing.T, extraAzure string) *harness {
 	t.Helper()
+	h := startHarness(t, akvemu.Config{Ephemeral: true, Keys: []akvemu.KeySpec{{Vault: akvemu.DefaultVaultHost, Name: "cmk", Size: 2048}}})
+	yaml := devConfig(h.dir, "127.0.0.1:0", h.files, h.info)
+	yaml = strings.Replace(yaml, "  key_id:", "  timeout: 3s\n  max_retries: 1\n"+extraAzure+"  key_id:", 1)
+	yaml = strings.Replace(yaml, "log:\n  level: info", "log:\n  level: debug", 1)
+	if err := h.writeConfig([]byte(yaml)); err != nil {
+		t.Fatalf("config.Parse(test config) err = %v, want nil", err)
+	}
+	h.initKeystore()
+	return h
+}
+
+// startHarness starts an emulator made with emu and writes the dev PKI:
+// the start of every harness, before its configuration.
+func startHarness(t *testing.T, emu akvemu.Config) *harness {
+	t.Helper()
 	dir := t.TempDir()
-	ctx := context.Background()
-	emu, err := akvemu.Start(ctx, akvemu.Config{Ephemeral: true, Keys: []akvemu.KeySpec{{Vault: akvemu.DefaultVaultHost, Name: "cmk", Size: 2048}}})
+	srv, err := akvemu.Start(context.Background(), emu)
 	if err != nil {
 		t.Fatalf("akvemu.Start err = %v, want nil", err)
 	}
-	t.Cleanup(func() { emu.Close() })
+	t.Cleanup(func() { srv.Close() })
 	files, err := pki.WriteDevPKI(filepath.Join(dir, devPKIDir), pki.Options{})
 	if err != nil {
 		t.Fatalf("WriteDevPKI err = %v, want nil", err)
 	}
-	h := &harness{t: t, dir: dir, emu: emu, info: emu.Info(), files: files}
-	yaml := devConfig(dir, "127.0.0.1:0", files, h.info)
-	yaml = strings.Replace(yaml, "  key_id:", "  timeout: 3s\n  max_retries: 1\n"+extraAzure+"  key_id:", 1)
-	yaml = strings.Replace(yaml, "log:\n  level: info", "log:\n  level: debug", 1)
-	h.cfgPath = filepath.Join(dir, devConfigFile)
-	if err := os.WriteFile(h.cfgPath, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
+	return &harness{t: t, dir: dir, emu: srv, info: srv.Info(), files: files}
+}
+
+// writeConfig writes yaml as the configuration file, as an operator would,
+// and parses it into h.cfg; it returns config.Parse's error.
+func (h *harness) writeConfig(yaml []byte) error {
+	h.t.Helper()
+	if h.cfgPath == "" {
+		h.cfgPath = filepath.Join(h.dir, devConfigFile)
 	}
-	h.cfg, err = config.Parse(h.cfgPath, []byte(yaml), nil)
+	if err := os.WriteFile(h.cfgPath, yaml, 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	cfg, err := config.Parse(h.cfgPath, yaml, nil)
 	if err != nil {
-		t.Fatalf("config.Parse(test config) err = %v, want nil", err)
+		return err
 	}
-	if _, err := initKeystore(ctx, h.cfg, testLogger(t), false); err != nil {
-		t.Fatalf("initKeystore err = %v, want nil", err)
+	h.cfg = cfg
+	return nil
+}
+
+// initKeystore creates the keystore h.cfg names.
+func (h *harness) initKeystore() {
+	h.t.Helper()
+	if _, err := initKeystore(context.Background(), h.cfg, testLogger(h.t), false); err != nil {
+		h.t.Fatalf("initKeystore err = %v, want nil", err)
 	}
-	return h
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -86,10 +112,16 @@ func testLogger(t *testing.T) *slog.Logger {
 // start runs serve until stop; it returns once the broker listens.
 func (h *harness) start() {
 	h.t.Helper()
+	h.startWith(testLogger(h.t))
+}
+
+// startWith is start with the broker logging to logger.
+func (h *harness) startWith(logger *slog.Logger) {
+	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan listening, 1)
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, h.cfg, testLogger(h.t), func(at listening) { ready <- at }) }()
+	go func() { done <- serve(ctx, h.cfg, logger, func(at listening) { ready <- at }) }()
 	select {
 	case at := <-ready:
 		h.mu.Lock()
@@ -513,8 +545,8 @@ func TestInitRefusesOverwrite(t *testing.T) {
 	h := newHarness(t, "")
 	e := &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}
 	err := run(context.Background(), e, []string{"init", "--config", h.cfgPath})
-	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != exitExists {
+	var ee *cli.ExitError
+	if !errors.As(err, &ee) || ee.Code != exitExists {
 		t.Fatalf("init over an existing keystore err = %v, want exit code %d", err, exitExists)
 	}
 	if err := run(context.Background(), e, []string{"init", "--config", h.cfgPath, "--if-missing"}); err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/akv"
 	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/failover"
 )
@@ -64,7 +65,7 @@ func newFailover(cfg *config.Config, regions []*akv.Wrapper, logger *slog.Logger
 	}
 	fw, err := failover.New(fc)
 	if err != nil {
-		return nil, nil, withCode(exitUsage, err)
+		return nil, nil, cli.WithCode(exitUsage, err)
 	}
 	obs.watchRegions(fw)
 	return regionWrapper{Wrapper: fw, vaults: vaults}, func() { fw.Close() }, nil

@@ -23,11 +23,9 @@ import (
 	"github.com/keybroker/keybroker/internal/akv"
 	"github.com/keybroker/keybroker/internal/akvemu"
 	"github.com/keybroker/keybroker/internal/broker"
-	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/kek"
 	"github.com/keybroker/keybroker/internal/kek/kektest"
 	"github.com/keybroker/keybroker/internal/keystore"
-	"github.com/keybroker/keybroker/internal/pki"
 	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -66,26 +64,13 @@ type regionsOpts struct {
 // keystore is initialised with it (one copy per configured key).
 func newRegionsHarness(t *testing.T, o regionsOpts) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	ctx := context.Background()
-	emu, err := akvemu.Start(ctx, akvemu.Config{
+	h := startHarness(t, akvemu.Config{
 		Ephemeral: true,
 		Vaults:    []akvemu.VaultSpec{{Host: eastHost, Aliases: []string{eastPEHost}}, {Host: westHost}},
 		Keys:      []akvemu.KeySpec{{Vault: eastHost, Name: "cmk", Size: 2048}, {Vault: westHost, Name: "cmk", Size: 2048}},
 	})
-	if err != nil {
-		t.Fatalf("akvemu.Start err = %v, want nil", err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	files, err := pki.WriteDevPKI(filepath.Join(dir, devPKIDir), pki.Options{})
-	if err != nil {
-		t.Fatalf("WriteDevPKI err = %v, want nil", err)
-	}
-	h := &harness{t: t, dir: dir, emu: emu, info: emu.Info(), files: files}
 	h.setRegions(o)
-	if _, err := initKeystore(ctx, h.cfg, testLogger(t), false); err != nil {
-		t.Fatalf("initKeystore err = %v, want nil", err)
-	}
+	h.initKeystore()
 	return h
 }
 
@@ -139,15 +124,9 @@ func (h *harness) setRegions(o regionsOpts) {
 		}
 		yaml = strings.Replace(yaml, "log:\n", cache+"log:\n", 1)
 	}
-	h.cfgPath = filepath.Join(h.dir, devConfigFile)
-	if err := os.WriteFile(h.cfgPath, []byte(yaml), 0o600); err != nil {
-		h.t.Fatal(err)
-	}
-	cfg, err := config.Parse(h.cfgPath, []byte(yaml), nil)
-	if err != nil {
+	if err := h.writeConfig([]byte(yaml)); err != nil {
 		h.t.Fatalf("config.Parse(regions config) err = %v, want nil\n%s", err, yaml)
 	}
-	h.cfg = cfg
 }
 
 // logBuffer collects the broker's JSON log lines, for the events the
@@ -194,24 +173,7 @@ func (h *harness) startLogged() *logBuffer {
 	if testing.Verbose() {
 		w = io.MultiWriter(logs, os.Stderr)
 	}
-	logger := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan listening, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, h.cfg, logger, func(at listening) { ready <- at }) }()
-	select {
-	case at := <-ready:
-		h.mu.Lock()
-		h.at, h.cancel, h.done = at, cancel, done
-		h.mu.Unlock()
-	case err := <-done:
-		cancel()
-		h.t.Fatalf("serve returned before listening: %v", err)
-	case <-time.After(60 * time.Second):
-		cancel()
-		h.t.Fatal("serve did not start listening within 60s")
-	}
-	h.t.Cleanup(h.stop)
+	h.startWith(slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	return logs
 }
 

@@ -7,25 +7,22 @@ import (
 	"log/slog"
 
 	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/keystore"
 )
 
 func runInit(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "init", "--config FILE [--if-missing]")
-	cfgPath := fs.String("config", "", "configuration file (YAML; see the README)")
+	cfgPath := configFlag(fs)
 	ifMissing := fs.Bool("if-missing", false, "exit 0 without changes when a keystore already exists (for bootstrap scripts)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *cfgPath == "" {
-		return usageErrorf("init: --config is required")
+		return cli.UsageErrorf("init: --config is required")
 	}
-	cfg, err := loadConfig(*cfgPath, e)
-	if err != nil {
-		return err
-	}
-	logger, err := newLogger(e.stderr, cfg.Log)
+	cfg, logger, err := loadConfigAndLogger(*cfgPath, e)
 	if err != nil {
 		return err
 	}
@@ -48,21 +45,21 @@ func runInit(ctx context.Context, e *env, args []string) error {
 func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, ifMissing bool) (bool, error) {
 	exists, err := keystore.Exists(cfg.Keystore.Dir)
 	if err != nil {
-		return false, withCode(exitUsage, err)
+		return false, cli.WithCode(exitUsage, err)
 	}
 	resume := false
 	if exists {
 		// A keystore without any key is an init killed between creating the
 		// keystore and persisting the key: finish it, or nothing can serve.
 		if resume, err = keystoreEmpty(cfg.Keystore.Dir); err != nil {
-			return false, withCode(exitUsage, err)
+			return false, cli.WithCode(exitUsage, err)
 		}
 	}
 	if exists && !resume {
 		if ifMissing {
 			return false, nil
 		}
-		return false, withCode(exitExists, fmt.Errorf("a keystore already exists in %s: refusing to overwrite it (use --if-missing in scripts)", cfg.Keystore.Dir))
+		return false, cli.WithCode(exitExists, fmt.Errorf("a keystore already exists in %s: refusing to overwrite it (use --if-missing in scripts)", cfg.Keystore.Dir))
 	}
 	wrapper, closeWrapper, err := buildWrapper(cfg, logger)
 	if err != nil {
@@ -71,7 +68,7 @@ func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, 
 	defer closeWrapper()
 	v, err := broker.NewVersion(ctx, wrapper)
 	if err != nil {
-		return false, withCode(vaultExitCode(err), fmt.Errorf("wrapping a new master key with the customer key: %w (nothing was written)", err))
+		return false, cli.WithCode(vaultExitCode(err), fmt.Errorf("wrapping a new master key with the customer key: %w (nothing was written)", err))
 	}
 	create := keystore.Create
 	if resume {
@@ -83,7 +80,7 @@ func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, 
 		if errors.Is(err, keystore.ErrExists) && ifMissing {
 			return false, nil
 		}
-		return false, withCode(exitUsage, err)
+		return false, cli.WithCode(exitUsage, err)
 	}
 	defer store.Close()
 	if _, err := store.CreateKey(cfg.Keystore.DefaultKey, keystore.StateActive, v); err != nil {

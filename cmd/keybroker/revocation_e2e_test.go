@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/internal/akvemu"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
-	"github.com/keybroker/keybroker/internal/pki"
 	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -45,35 +45,18 @@ const (
 // next token request instead of 15 minutes later.
 func newRevocationHarness(t *testing.T, tokenTTL time.Duration) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	ctx := context.Background()
-	emu, err := akvemu.Start(ctx, akvemu.Config{Ephemeral: true, TokenTTL: tokenTTL,
+	h := startHarness(t, akvemu.Config{Ephemeral: true, TokenTTL: tokenTTL,
 		Keys: []akvemu.KeySpec{{Vault: akvemu.DefaultVaultHost, Name: "cmk", Size: 2048}}})
-	if err != nil {
-		t.Fatalf("akvemu.Start err = %v, want nil", err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	files, err := pki.WriteDevPKI(filepath.Join(dir, devPKIDir), pki.Options{})
-	if err != nil {
-		t.Fatalf("WriteDevPKI err = %v, want nil", err)
-	}
-	h := &harness{t: t, dir: dir, emu: emu, info: emu.Info(), files: files}
-	yaml := devConfig(dir, "127.0.0.1:0", files, h.info)
+	yaml := devConfig(h.dir, "127.0.0.1:0", h.files, h.info)
 	yaml = strings.Replace(yaml, "  key_id:", "  timeout: 3s\n  max_retries: 1\n  key_id:", 1)
 	yaml = strings.Replace(yaml, "log:\n", fmt.Sprintf("validation:\n  interval: %s\nlog:\n", revInterval), 1)
-	h.cfgPath = filepath.Join(dir, devConfigFile)
-	if err := os.WriteFile(h.cfgPath, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if h.cfg, err = config.Parse(h.cfgPath, []byte(yaml), nil); err != nil {
+	if err := h.writeConfig([]byte(yaml)); err != nil {
 		t.Fatalf("config.Parse(test config) err = %v, want nil", err)
 	}
 	if h.cfg.Validation.Interval.D() != revInterval {
 		t.Fatalf("validation.interval = %v, want %v", h.cfg.Validation.Interval.D(), revInterval)
 	}
-	if _, err := initKeystore(ctx, h.cfg, testLogger(t), false); err != nil {
-		t.Fatalf("initKeystore err = %v, want nil", err)
-	}
+	h.initKeystore()
 	return h
 }
 
@@ -652,8 +635,8 @@ func TestWatchExitOnPause(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.line(t, "PAUSE", "PAUSED")
-	var ee *exitError
-	if err := w.wait(t); !errors.As(err, &ee) || ee.code != exitPaused {
+	var ee *cli.ExitError
+	if err := w.wait(t); !errors.As(err, &ee) || ee.Code != exitPaused {
 		t.Fatalf("keybroker watch --exit-on-pause returned %v, want exit code %d", err, exitPaused)
 	}
 	if got := strings.TrimSpace(readFile(t, marker)); got != "stopped" {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/akv"
 	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/kek"
 	"github.com/keybroker/keybroker/internal/keystore"
@@ -26,28 +27,24 @@ import (
 
 func runRewrap(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "rewrap", "--config FILE (--add-region NAME | --all-missing)")
-	cfgPath := fs.String("config", "", "configuration file (YAML; see the README)")
+	cfgPath := configFlag(fs)
 	addRegion := fs.String("add-region", "", "add the missing copies for this configured region (azure.regions[].name)")
 	allMissing := fs.Bool("all-missing", false, "add the missing copies for every configured region whose key has none")
 	timeout := fs.Duration("timeout", 5*time.Minute, "deadline for all Key Vault calls")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	switch {
 	case *cfgPath == "":
-		return usageErrorf("rewrap: --config is required")
+		return cli.UsageErrorf("rewrap: --config is required")
 	case *addRegion == "" && !*allMissing:
-		return usageErrorf("rewrap: say which copies to add: --add-region NAME (a region of azure.regions) or --all-missing")
+		return cli.UsageErrorf("rewrap: say which copies to add: --add-region NAME (a region of azure.regions) or --all-missing")
 	case *addRegion != "" && *allMissing:
-		return usageErrorf("rewrap: --add-region and --all-missing exclude each other: give one")
+		return cli.UsageErrorf("rewrap: --add-region and --all-missing exclude each other: give one")
 	case *timeout <= 0:
-		return usageErrorf("rewrap: --timeout %v: want a positive duration such as 5m", *timeout)
+		return cli.UsageErrorf("rewrap: --timeout %v: want a positive duration such as 5m", *timeout)
 	}
-	cfg, err := loadConfig(*cfgPath, e)
-	if err != nil {
-		return err
-	}
-	logger, err := newLogger(e.stderr, cfg.Log)
+	cfg, logger, err := loadConfigAndLogger(*cfgPath, e)
 	if err != nil {
 		return err
 	}
@@ -60,17 +57,17 @@ func runRewrap(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if *addRegion != "" && !slices.ContainsFunc(regions, func(r vaultRegion) bool { return r.name == *addRegion }) {
-		return usageErrorf("rewrap: --add-region %q is not a configured region (azure.regions: %s): add it to the configuration first", *addRegion, regionNames(regions))
+		return cli.UsageErrorf("rewrap: --add-region %q is not a configured region (azure.regions: %s): add it to the configuration first", *addRegion, regionNames(regions))
 	}
 
 	store, err := keystore.Open(cfg.Keystore.Dir, keystore.Options{Logger: logger})
 	switch {
 	case errors.Is(err, keystore.ErrLocked):
-		return withCode(exitFailure, fmt.Errorf("the keystore in %s is in use, most likely by a running broker: stop it, then run rewrap again (or just restart the broker: serve adds the missing copies when it starts)", cfg.Keystore.Dir))
+		return cli.WithCode(exitFailure, fmt.Errorf("the keystore in %s is in use, most likely by a running broker: stop it, then run rewrap again (or just restart the broker: serve adds the missing copies when it starts)", cfg.Keystore.Dir))
 	case errors.Is(err, keystore.ErrNotExist):
-		return withCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE', which wraps a copy for every configured region", cfg.Keystore.Dir))
+		return cli.WithCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE', which wraps a copy for every configured region", cfg.Keystore.Dir))
 	case err != nil:
-		return withCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
+		return cli.WithCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
 	}
 	defer store.Close()
 
@@ -102,7 +99,7 @@ func runRewrap(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "added a copy of key %q version %s for region %s, wrapped by %s\n", a.key, a.version, a.region, a.keyID)
 	}
 	if err != nil {
-		return withCode(vaultExitCode(err), fmt.Errorf("%w (%d copies added and kept; run rewrap again once the regions answer)", err, len(added)))
+		return cli.WithCode(vaultExitCode(err), fmt.Errorf("%w (%d copies added and kept; run rewrap again once the regions answer)", err, len(added)))
 	}
 	fmt.Fprintf(e.stdout, "%d copies added for region(s) %s; the master keys are unchanged\n", len(added), strings.Join(targets, ", "))
 	return nil
@@ -162,7 +159,7 @@ func configuredRegions(cfg *config.Config, env akv.Environment) ([]vaultRegion, 
 	for i, r := range cfg.Azure.Regions {
 		id, err := akv.ParseKeyID(r.KeyID, env)
 		if err != nil {
-			return nil, withCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
+			return nil, cli.WithCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
 		}
 		out = append(out, vaultRegion{name: r.Name, key: id})
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/akv"
 	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/kek"
 	"github.com/keybroker/keybroker/internal/keystore"
@@ -28,34 +29,30 @@ const rewrapAtStartTimeout = time.Minute
 
 func runRotateCMK(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "rotate-cmk", "--config FILE [--finalize]")
-	cfgPath := fs.String("config", "", "configuration file (YAML; see the README)")
+	cfgPath := configFlag(fs)
 	finalize := fs.Bool("finalize", false, "drop the copies wrapped by previous customer keys or key versions, once every version has a copy under the current one")
 	timeout := fs.Duration("timeout", 5*time.Minute, "deadline for all Key Vault calls")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	switch {
 	case *cfgPath == "":
-		return usageErrorf("rotate-cmk: --config is required")
+		return cli.UsageErrorf("rotate-cmk: --config is required")
 	case *timeout <= 0:
-		return usageErrorf("rotate-cmk: --timeout %v: want a positive duration such as 5m", *timeout)
+		return cli.UsageErrorf("rotate-cmk: --timeout %v: want a positive duration such as 5m", *timeout)
 	}
-	cfg, err := loadConfig(*cfgPath, e)
-	if err != nil {
-		return err
-	}
-	logger, err := newLogger(e.stderr, cfg.Log)
+	cfg, logger, err := loadConfigAndLogger(*cfgPath, e)
 	if err != nil {
 		return err
 	}
 	store, err := keystore.Open(cfg.Keystore.Dir, keystore.Options{Logger: logger})
 	switch {
 	case errors.Is(err, keystore.ErrLocked):
-		return withCode(exitFailure, fmt.Errorf("the keystore in %s is in use, most likely by a running broker. A running broker rewraps by itself: at start, and when a validity check sees a new version of a versionless key id ('keybroker revalidate' runs one now). Stop it to run rotate-cmk", cfg.Keystore.Dir))
+		return cli.WithCode(exitFailure, fmt.Errorf("the keystore in %s is in use, most likely by a running broker. A running broker rewraps by itself: at start, and when a validity check sees a new version of a versionless key id ('keybroker revalidate' runs one now). Stop it to run rotate-cmk", cfg.Keystore.Dir))
 	case errors.Is(err, keystore.ErrNotExist):
-		return withCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'", cfg.Keystore.Dir))
+		return cli.WithCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'", cfg.Keystore.Dir))
 	case err != nil:
-		return withCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
+		return cli.WithCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
 	}
 	defer store.Close()
 
@@ -70,7 +67,7 @@ func runRotateCMK(ctx context.Context, e *env, args []string) error {
 	}
 	b, err := broker.New(broker.Config{Store: store, Wrapper: wrapper, DefaultKey: cfg.Keystore.DefaultKey, Logger: logger})
 	if err != nil {
-		return withCode(exitUsage, err)
+		return cli.WithCode(exitUsage, err)
 	}
 	defer b.Close()
 
@@ -79,7 +76,7 @@ func runRotateCMK(ctx context.Context, e *env, args []string) error {
 	if *finalize {
 		rep, err := b.FinalizeCMK(ctx)
 		if err != nil {
-			return withCode(cmkExitCode(err), err)
+			return cli.WithCode(cmkExitCode(err), err)
 		}
 		if len(rep.Finalized) == 0 {
 			fmt.Fprintf(e.stdout, "nothing to drop: every version is wrapped only by %s\n", strings.Join(rep.Targets, ", "))
@@ -94,7 +91,7 @@ func runRotateCMK(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "rewrapped key %q version %s\n", v.Key, v.Version)
 	}
 	if err != nil {
-		return withCode(cmkExitCode(err), fmt.Errorf("%w (%d versions rewrapped and kept; run rotate-cmk again once the cause is fixed)", err, len(rep.Rewrapped)))
+		return cli.WithCode(cmkExitCode(err), fmt.Errorf("%w (%d versions rewrapped and kept; run rotate-cmk again once the cause is fixed)", err, len(rep.Rewrapped)))
 	}
 	fmt.Fprintf(e.stdout, "%d versions rewrapped, %d already wrapped by %s; the master keys are unchanged.\n", len(rep.Rewrapped), rep.Current, strings.Join(rep.Targets, ", "))
 	if len(rep.Rewrapped) > 0 {
@@ -170,7 +167,7 @@ func withPreviousKeys(cfg *config.Config, store *keystore.Store, w broker.KeyWra
 	for i, r := range cfg.Azure.Regions {
 		id, err := akv.ParseKeyID(r.KeyID, env)
 		if err != nil {
-			return nil, withCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
+			return nil, cli.WithCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
 		}
 		configured = append(configured, id)
 	}

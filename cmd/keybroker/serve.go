@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/broker"
 	"github.com/keybroker/keybroker/internal/cache"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/keystore"
 	"github.com/keybroker/keybroker/internal/mtls"
@@ -28,33 +30,50 @@ const shutdownGrace = 10 * time.Second
 
 func runServe(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "serve", "--config FILE")
-	cfgPath := fs.String("config", "", "configuration file (YAML; see the README)")
-	if err := parseFlags(fs, args); err != nil {
+	cfgPath := configFlag(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *cfgPath == "" {
-		return usageErrorf("serve: --config is required")
+		return cli.UsageErrorf("serve: --config is required")
 	}
-	cfg, err := loadConfig(*cfgPath, e)
-	if err != nil {
-		return err
-	}
-	logger, err := newLogger(e.stderr, cfg.Log)
+	cfg, logger, err := loadConfigAndLogger(*cfgPath, e)
 	if err != nil {
 		return err
 	}
 	return serve(ctx, cfg, logger, nil)
 }
 
+// configFlag declares --config, the configuration file of the commands
+// that work from one.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", "", "configuration file (YAML; see the README)")
+}
+
+// loadConfigAndLogger loads the configuration file and makes the logger it
+// configures, writing to e.stderr: the start of the commands that work from
+// the configuration file.
+func loadConfigAndLogger(path string, e *env) (*config.Config, *slog.Logger, error) {
+	cfg, err := loadConfig(path, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	logger, err := newLogger(e.stderr, cfg.Log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, logger, nil
+}
+
 // loadConfig reads and validates a configuration file.
 func loadConfig(path string, e *env) (*config.Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, usageErrorf("reading the configuration: %w", err)
+		return nil, cli.UsageErrorf("reading the configuration: %w", err)
 	}
 	cfg, err := config.Parse(path, data, e.getenv)
 	if err != nil {
-		return nil, withCode(exitUsage, err)
+		return nil, cli.WithCode(exitUsage, err)
 	}
 	return cfg, nil
 }
@@ -62,7 +81,7 @@ func loadConfig(path string, e *env) (*config.Config, error) {
 func newLogger(w io.Writer, c config.Log) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
-		return nil, usageErrorf("log.level %q: want debug, info, warn or error", c.Level)
+		return nil, cli.UsageErrorf("log.level %q: want debug, info, warn or error", c.Level)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "text" {
@@ -90,9 +109,9 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	store, err := keystore.Open(cfg.Keystore.Dir, keystore.Options{})
 	if err != nil {
 		if errors.Is(err, keystore.ErrNotExist) {
-			return withCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'", cfg.Keystore.Dir))
+			return cli.WithCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'", cfg.Keystore.Dir))
 		}
-		return withCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
+		return cli.WithCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
 	}
 	defer store.Close()
 	addCopiesAtStart(ctx, cfg, store, logger)
@@ -126,21 +145,21 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		Metrics:  obs.brokerMetrics(),
 	})
 	if err != nil {
-		return withCode(exitUsage, err)
+		return cli.WithCode(exitUsage, err)
 	}
 	defer b.Close()
 	adminURL, err := obs.start(ctx, cfg.Admin.Address, b)
 	if err != nil {
-		return withCode(exitUsage, err)
+		return cli.WithCode(exitUsage, err)
 	}
 
 	tlsCfg, err := mtls.ServerTLS(mtls.ServerConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
 	if err != nil {
-		return withCode(exitUsage, err)
+		return cli.WithCode(exitUsage, err)
 	}
 	authz, err := mtls.NewAuthorizer(roles(cfg.Authorization), mtls.DefaultMethodRoles(), logger)
 	if err != nil {
-		return withCode(exitUsage, err)
+		return cli.WithCode(exitUsage, err)
 	}
 
 	// Load the keys before listening: the engine's first request must not
@@ -179,7 +198,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	if cfg.Listen.Address != "" {
 		l, err := net.Listen("tcp", cfg.Listen.Address)
 		if err != nil {
-			return withCode(exitUsage, fmt.Errorf("listening on %s: %w", cfg.Listen.Address, err))
+			return cli.WithCode(exitUsage, fmt.Errorf("listening on %s: %w", cfg.Listen.Address, err))
 		}
 		lis = append(lis, l)
 		at.Address = l.Addr().String()
@@ -188,7 +207,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		l, err := listenUnix(cfg.Listen.Unix)
 		if err != nil {
 			closeAll()
-			return withCode(exitUsage, err)
+			return cli.WithCode(exitUsage, err)
 		}
 		lis = append(lis, l)
 		at.Unix = cfg.Listen.Unix

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/akv"
 	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/failover"
 	"github.com/keybroker/keybroker/internal/telemetry"
@@ -51,7 +52,7 @@ func newObservability(ctx context.Context, cfg *config.Config, logger *slog.Logg
 		Logger:         logger,
 	})
 	if err != nil {
-		return nil, withCode(exitUsage, fmt.Errorf("telemetry: %w (see docs/observability.md)", err))
+		return nil, cli.WithCode(exitUsage, fmt.Errorf("telemetry: %w (see docs/observability.md)", err))
 	}
 	if sel := tel.OTLP(); sel.Any() {
 		logger.Info("exporting telemetry over OTLP", "traces", sel.Traces, "metrics", sel.Metrics)

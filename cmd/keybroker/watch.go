@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keybroker/keybroker/internal/cli"
 	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -62,16 +63,16 @@ func runWatch(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&o.exitOnPause, "exit-on-pause", false, fmt.Sprintf("exit with code %d when the broker pauses (after --on-pause has run)", exitPaused))
 	fs.DurationVar(&o.maxBackoff, "max-backoff", 30*time.Second, "longest wait between reconnection attempts")
 	fs.DurationVar(&o.hookTimeout, "hook-timeout", 5*time.Minute, "longest an --on-pause or --on-resume command may run before it is killed")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	switch {
 	case o.maxBackoff < watchMinBackoff:
-		return usageErrorf("--max-backoff %v: want at least %v", o.maxBackoff, watchMinBackoff)
+		return cli.UsageErrorf("--max-backoff %v: want at least %v", o.maxBackoff, watchMinBackoff)
 	case o.hookTimeout <= 0:
-		return usageErrorf("--hook-timeout %v: want a positive duration such as 5m", o.hookTimeout)
+		return cli.UsageErrorf("--hook-timeout %v: want a positive duration such as 5m", o.hookTimeout)
 	case cf.timeout <= 0:
-		return usageErrorf("--timeout %v: want a positive duration such as 15s", cf.timeout)
+		return cli.UsageErrorf("--timeout %v: want a positive duration such as 15s", cf.timeout)
 	}
 	// Fail now on bad TLS files or address, not in the retry loop.
 	conn, err := cf.dial()
@@ -113,7 +114,7 @@ func (w *watch) run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil // interrupted (SIGINT, SIGTERM): a normal end
 		case errors.Is(err, errExitOnPause):
-			return withCode(exitPaused, err)
+			return cli.WithCode(exitPaused, err)
 		case errors.Is(err, errStdout):
 			return err
 		case permanentWatchError(err):

@@ -6,6 +6,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/akv"
 	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 )
 
@@ -21,13 +22,13 @@ func azureEnvironment(a config.Azure) (akv.Environment, error) {
 			ConnectTo:        a.Custom.ConnectTo,
 		}
 		if err := env.Validate(); err != nil {
-			return akv.Environment{}, withCode(exitUsage, fmt.Errorf("azure.custom: %w", err))
+			return akv.Environment{}, cli.WithCode(exitUsage, fmt.Errorf("azure.custom: %w", err))
 		}
 		return env, nil
 	}
 	env, err := akv.LookupEnvironment(a.Environment)
 	if err != nil {
-		return akv.Environment{}, withCode(exitUsage, fmt.Errorf("azure.environment: %w", err))
+		return akv.Environment{}, cli.WithCode(exitUsage, fmt.Errorf("azure.environment: %w", err))
 	}
 	return env, nil
 }
@@ -72,7 +73,7 @@ func buildRegions(cfg *config.Config, logger *slog.Logger) ([]*akv.Wrapper, erro
 		ManagedIdentityClientID: c.ManagedIdentityClientID,
 	}, env)
 	if err != nil {
-		return nil, withCode(exitUsage, fmt.Errorf("azure.credential: %w", err))
+		return nil, cli.WithCode(exitUsage, fmt.Errorf("azure.credential: %w", err))
 	}
 	maxRetries := 0
 	if cfg.Azure.MaxRetries != nil {
@@ -95,7 +96,7 @@ func buildRegions(cfg *config.Config, logger *slog.Logger) ([]*akv.Wrapper, erro
 			Logger:      logger,
 		})
 		if err != nil {
-			return nil, withCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
+			return nil, cli.WithCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
 		}
 		regions = append(regions, w)
 	}
