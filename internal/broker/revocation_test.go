@@ -26,77 +26,6 @@ import (
 	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
-// fakeClock drives RunChecks without real sleeps: AfterFunc timers fire
-// only when Advance moves the clock past them, and every AfterFunc call is
-// announced on armed, which is how a test knows a check has finished (the
-// loop arms its next timer right after).
-type fakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*fakeTimer
-	armed  chan time.Duration
-}
-
-type fakeTimer struct {
-	at   time.Time
-	f    func()
-	done bool
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), armed: make(chan time.Duration, 1024)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
-	c.mu.Lock()
-	t := &fakeTimer{at: c.now.Add(d), f: f}
-	c.timers = append(c.timers, t)
-	c.mu.Unlock()
-	c.armed <- d
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		was := !t.done
-		t.done = true
-		return was
-	}
-}
-
-// Advance moves the clock by d and runs the timers that came due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	var due []func()
-	for _, t := range c.timers {
-		if !t.done && !t.at.After(c.now) {
-			t.done = true
-			due = append(due, t.f)
-		}
-	}
-	c.mu.Unlock()
-	for _, f := range due {
-		f()
-	}
-}
-
-// waitArmed waits until the code under test arms a timer.
-func (c *fakeClock) waitArmed(t *testing.T) time.Duration {
-	t.Helper()
-	select {
-	case d := <-c.armed:
-		return d
-	case <-time.After(10 * time.Second):
-		t.Fatal("no timer armed within 10s: RunChecks is stuck")
-		return 0
-	}
-}
-
 // newBrokerOver makes a broker over a fresh keystore whose master key is
 // wrapped by w, warmed, with cfg's options applied.
 func newBrokerOver(t *testing.T, w KeyWrapper, opts func(*Config)) *Broker {
@@ -233,7 +162,7 @@ func TestScheduledCheckPausesAndResumes(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := newFakeClock()
+			clk := newFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), "RunChecks")
 			fake := kektest.NewFake("east", "cmk")
 			b := newBrokerOver(t, fake, func(c *Config) { c.Now, c.AfterFunc = clk.Now, clk.AfterFunc })
 			w := b.hub.subscribe()
@@ -356,7 +285,7 @@ func TestOutageNeverPauses(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := newFakeClock()
+			clk := newFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), "RunChecks")
 			fake := kektest.NewFake("east", "cmk")
 			t.Cleanup(fake.Unblock)
 			b := newBrokerOver(t, fake, func(c *Config) {

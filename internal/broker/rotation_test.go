@@ -22,89 +22,17 @@ import (
 
 const day = 24 * time.Hour
 
-// rotClock is a fake clock for the rotation scheduler: Now, and AfterFunc
-// timers that fire only when the test advances the clock. Every AfterFunc
-// call is reported on armed, which is how a test knows the scheduler has
-// finished a pass and gone back to sleep.
-type rotClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*rotTimer
-	armed  chan time.Duration
-}
-
-type rotTimer struct {
-	at            time.Time
-	f             func()
-	fired, halted bool
-}
-
-func newRotClock() *rotClock {
-	return &rotClock{now: time.Now().UTC().Truncate(time.Second), armed: make(chan time.Duration, 64)}
-}
-
-func (c *rotClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *rotClock) AfterFunc(d time.Duration, f func()) func() bool {
-	c.mu.Lock()
-	t := &rotTimer{at: c.now.Add(d), f: f}
-	c.timers = append(c.timers, t)
-	c.mu.Unlock()
-	c.armed <- d
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		was := !t.fired && !t.halted
-		t.halted = true
-		return was
-	}
-}
-
-// Advance moves the clock and fires the timers that fall due.
-func (c *rotClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	var due []*rotTimer
-	for _, t := range c.timers {
-		if !t.fired && !t.halted && !t.at.After(c.now) {
-			t.fired = true
-			due = append(due, t)
-		}
-	}
-	c.timers = slices.DeleteFunc(c.timers, func(t *rotTimer) bool { return t.fired || t.halted })
-	c.mu.Unlock()
-	for _, t := range due {
-		t.f()
-	}
-}
-
-// waitArmed waits for the scheduler to set its next timer: its pass is done.
-func (c *rotClock) waitArmed(t *testing.T) time.Duration {
-	t.Helper()
-	select {
-	case d := <-c.armed:
-		return d
-	case <-time.After(30 * time.Second):
-		t.Fatal("the rotation scheduler did not finish its pass within 30s")
-		return 0
-	}
-}
-
 // clockedFake is a kektest.Fake whose key versions are created on the fake
 // clock, so that the CMK age follows it.
 type clockedFake struct {
 	*kektest.Fake
-	clock *rotClock
+	clock *fakeClock
 
 	mu      sync.Mutex
 	created map[string]time.Time
 }
 
-func newClockedFake(clock *rotClock) *clockedFake {
+func newClockedFake(clock *fakeClock) *clockedFake {
 	f := &clockedFake{Fake: kektest.NewFake("east", "cmk"), clock: clock, created: map[string]time.Time{}}
 	f.created[f.KeyID()] = clock.Now()
 	return f
@@ -128,7 +56,7 @@ func (f *clockedFake) KeyInfo(ctx context.Context) (kek.KeyInfo, error) {
 }
 
 // rotationBroker is a broker over a fresh keystore, both on the fake clock.
-func rotationBroker(t *testing.T, clock *rotClock, w KeyWrapper, cfg RotationConfig) *Broker {
+func rotationBroker(t *testing.T, clock *fakeClock, w KeyWrapper, cfg RotationConfig) *Broker {
 	t.Helper()
 	ctx := context.Background()
 	store, err := keystore.Create(filepath.Join(t.TempDir(), "keystore"), keystore.Options{Now: clock.Now})
@@ -156,7 +84,7 @@ func rotationBroker(t *testing.T, clock *rotClock, w KeyWrapper, cfg RotationCon
 }
 
 // runScheduler starts RunRotation and waits for its first pass.
-func runScheduler(t *testing.T, b *Broker, clock *rotClock) {
+func runScheduler(t *testing.T, b *Broker, clock *fakeClock) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -206,7 +134,7 @@ func versionIDs(t *testing.T, b *Broker) []string {
 // close on the fake clock.
 func TestAutomaticRotationOnFakeClock(t *testing.T) {
 	ctx := context.Background()
-	clock := newRotClock()
+	clock := newFakeClock(time.Now().UTC().Truncate(time.Second), "the rotation scheduler")
 	fake := newClockedFake(clock)
 	b := rotationBroker(t, clock, fake, RotationConfig{})
 	if _, err := b.Check(ctx); err != nil { // describes the CMK, as serve's checks do
@@ -272,7 +200,7 @@ func TestAutomaticRotationOnFakeClock(t *testing.T) {
 // TestManualRotationAlert: with automatic rotation off, the master key is
 // not rotated and MASTER_KEY_ROTATION_DUE says what to do.
 func TestManualRotationAlert(t *testing.T) {
-	clock := newRotClock()
+	clock := newFakeClock(time.Now().UTC().Truncate(time.Second), "the rotation scheduler")
 	b := rotationBroker(t, clock, newClockedFake(clock), RotationConfig{Manual: true, MasterKeyInterval: 30 * day, CMKRotationAlert: 400 * day})
 	runScheduler(t, b, clock)
 	tests := []struct {
@@ -305,7 +233,7 @@ func TestManualRotationAlert(t *testing.T) {
 // TestAutomaticRotationRetriesAfterFailure: a vault outage at the due time
 // leaves the alert open with the cause; the scheduler retries.
 func TestAutomaticRotationRetriesAfterFailure(t *testing.T) {
-	clock := newRotClock()
+	clock := newFakeClock(time.Now().UTC().Truncate(time.Second), "the rotation scheduler")
 	fake := newClockedFake(clock)
 	b := rotationBroker(t, clock, fake, RotationConfig{CMKRotationAlert: 400 * day})
 	runScheduler(t, b, clock)
@@ -346,7 +274,7 @@ func TestRetention(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			clock := newRotClock()
+			clock := newFakeClock(time.Now().UTC().Truncate(time.Second), "the rotation scheduler")
 			tc.cfg.Manual = true
 			b := rotationBroker(t, clock, kektest.NewFake("east", "cmk"), tc.cfg)
 			var blobs [][]byte
@@ -393,7 +321,7 @@ func TestRetention(t *testing.T) {
 // the old copies, which stay until FinalizeCMK; the keys never change.
 func TestRotateCMKAndFinalize(t *testing.T) {
 	ctx := context.Background()
-	clock := newRotClock()
+	clock := newFakeClock(time.Now().UTC().Truncate(time.Second), "the rotation scheduler")
 	fake := newClockedFake(clock)
 	b := rotationBroker(t, clock, fake, RotationConfig{})
 	keys := map[string][]byte{}
@@ -450,7 +378,7 @@ func TestRotateCMKAndFinalize(t *testing.T) {
 // has not changed for cmk_copy_retention after the rewrap.
 func TestCMKCopyRetention(t *testing.T) {
 	ctx := context.Background()
-	clock := newRotClock()
+	clock := newFakeClock(time.Now().UTC().Truncate(time.Second), "the rotation scheduler")
 	fake := newClockedFake(clock)
 	b := rotationBroker(t, clock, fake, RotationConfig{CMKCopyRetention: 30 * day})
 	runScheduler(t, b, clock)
