@@ -30,7 +30,7 @@ import (
 // harness runs the real broker (serve) against an in-process Key Vault
 // emulator, with a real dev PKI, on a loopback port and a unix socket.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	emu     *akvemu.Server
 	info    akvemu.Info
@@ -46,7 +46,7 @@ type harness struct {
 
 // newHarness starts an emulator, writes the dev PKI and a configuration,
 // and inits the keystore. extraAzure lines are added to the azure section.
-func newHarness(t *testing.T, extraAzure string) *harness {
+func newHarness(t testing.TB, extraAzure string) *harness {
 	t.Helper()
 	h := startHarness(t, akvemu.Config{Ephemeral: true, Keys: []akvemu.KeySpec{{Vault: akvemu.DefaultVaultHost, Name: "cmk", Size: 2048}}})
 	yaml := devConfig(h.dir, "127.0.0.1:0", h.files, h.info)
@@ -61,7 +61,7 @@ func newHarness(t *testing.T, extraAzure string) *harness {
 
 // startHarness starts an emulator made with emu and writes the dev PKI:
 // the start of every harness, before its configuration.
-func startHarness(t *testing.T, emu akvemu.Config) *harness {
+func startHarness(t testing.TB, emu akvemu.Config) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	srv, err := akvemu.Start(context.Background(), emu)
@@ -102,7 +102,7 @@ func (h *harness) initKeystore() {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
