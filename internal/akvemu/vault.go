@@ -773,18 +773,23 @@ func parseCreateRequest(body []byte) (createParams, *akvError) {
 	if p.PublicExponent != nil && *p.PublicExponent != 65537 {
 		return createParams{}, badParameter("public_exponent %d is not supported: use 65537.", *p.PublicExponent)
 	}
-	cp := createParams{Kty: *p.Kty, Size: size, KeyOps: p.KeyOps, Tags: p.Tags}
-	if e := checkKeyOps(p.KeyOps); e != nil {
+	return withChecked(createParams{Kty: *p.Kty, Size: size, KeyOps: p.KeyOps, Tags: p.Tags}, p.Attributes)
+}
+
+// withChecked validates what create and import share (key_ops,
+// attributes, tags) and copies the attributes into cp.
+func withChecked(cp createParams, attrs *attrParams) (createParams, *akvError) {
+	if e := checkKeyOps(cp.KeyOps); e != nil {
 		return createParams{}, e
 	}
-	if e := checkAttrs(p.Attributes); e != nil {
+	if e := checkAttrs(attrs); e != nil {
 		return createParams{}, e
 	}
-	if e := checkTags(p.Tags); e != nil {
+	if e := checkTags(cp.Tags); e != nil {
 		return createParams{}, e
 	}
-	if a := p.Attributes; a != nil {
-		cp.Enabled, cp.NotBefore, cp.Expires = a.Enabled, a.NotBefore, a.Expires
+	if attrs != nil {
+		cp.Enabled, cp.NotBefore, cp.Expires = attrs.Enabled, attrs.NotBefore, attrs.Expires
 	}
 	return cp, nil
 }
@@ -879,20 +884,7 @@ func parseImportRequest(body []byte) (createParams, *akvError) {
 	if p.HSM != nil && *p.HSM {
 		kty = "RSA-HSM"
 	}
-	cp := createParams{Kty: kty, Size: priv.N.BitLen(), KeyOps: k.KeyOps, Tags: p.Tags, priv: priv}
-	if e := checkKeyOps(k.KeyOps); e != nil {
-		return createParams{}, e
-	}
-	if e := checkAttrs(p.Attributes); e != nil {
-		return createParams{}, e
-	}
-	if e := checkTags(p.Tags); e != nil {
-		return createParams{}, e
-	}
-	if a := p.Attributes; a != nil {
-		cp.Enabled, cp.NotBefore, cp.Expires = a.Enabled, a.NotBefore, a.Expires
-	}
-	return cp, nil
+	return withChecked(createParams{Kty: kty, Size: priv.N.BitLen(), KeyOps: k.KeyOps, Tags: p.Tags, priv: priv}, p.Attributes)
 }
 
 // checkAccess applies RevokeAccess: a revoked client gets 403 with the
