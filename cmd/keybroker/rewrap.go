@@ -60,14 +60,11 @@ func runRewrap(ctx context.Context, e *env, args []string) error {
 		return cli.UsageErrorf("rewrap: --add-region %q is not a configured region (azure.regions: %s): add it to the configuration first", *addRegion, regionNames(regions))
 	}
 
-	store, err := keystore.Open(cfg.Keystore.Dir, keystore.Options{Logger: logger})
-	switch {
-	case errors.Is(err, keystore.ErrLocked):
-		return cli.WithCode(exitFailure, fmt.Errorf("the keystore in %s is in use, most likely by a running broker: stop it, then run rewrap again (or just restart the broker: serve adds the missing copies when it starts)", cfg.Keystore.Dir))
-	case errors.Is(err, keystore.ErrNotExist):
-		return cli.WithCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE', which wraps a copy for every configured region", cfg.Keystore.Dir))
-	case err != nil:
-		return cli.WithCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
+	store, err := openKeystore(cfg, keystore.Options{Logger: logger},
+		"most likely by a running broker: stop it, then run rewrap again (or just restart the broker: serve adds the missing copies when it starts)",
+		", which wraps a copy for every configured region")
+	if err != nil {
+		return err
 	}
 	defer store.Close()
 

@@ -45,14 +45,11 @@ func runRotateCMK(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := keystore.Open(cfg.Keystore.Dir, keystore.Options{Logger: logger})
-	switch {
-	case errors.Is(err, keystore.ErrLocked):
-		return cli.WithCode(exitFailure, fmt.Errorf("the keystore in %s is in use, most likely by a running broker. A running broker rewraps by itself: at start, and when a validity check sees a new version of a versionless key id ('keybroker revalidate' runs one now). Stop it to run rotate-cmk", cfg.Keystore.Dir))
-	case errors.Is(err, keystore.ErrNotExist):
-		return cli.WithCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'", cfg.Keystore.Dir))
-	case err != nil:
-		return cli.WithCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
+	store, err := openKeystore(cfg, keystore.Options{Logger: logger},
+		"most likely by a running broker. A running broker rewraps by itself: at start, and when a validity check sees a new version of a versionless key id ('keybroker revalidate' runs one now). Stop it to run rotate-cmk",
+		"")
+	if err != nil {
+		return err
 	}
 	defer store.Close()
 

@@ -106,12 +106,9 @@ type listening struct {
 func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready func(listening)) error {
 	disableCoreDumps(logger)
 
-	store, err := keystore.Open(cfg.Keystore.Dir, keystore.Options{})
+	store, err := openKeystore(cfg, keystore.Options{}, "", "")
 	if err != nil {
-		if errors.Is(err, keystore.ErrNotExist) {
-			return cli.WithCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'", cfg.Keystore.Dir))
-		}
-		return cli.WithCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
+		return err
 	}
 	defer store.Close()
 	addCopiesAtStart(ctx, cfg, store, logger)
@@ -246,6 +243,23 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		os.Remove(at.Unix)
 	}
 	return nil
+}
+
+// openKeystore opens the configured keystore for writing, with errors an
+// operator can act on. locked, when set, is the error for a keystore another
+// process holds (otherwise it is reported as any other failure); create
+// follows "create it with 'keybroker init --config FILE'" when there is none.
+func openKeystore(cfg *config.Config, opts keystore.Options, locked, create string) (*keystore.Store, error) {
+	store, err := keystore.Open(cfg.Keystore.Dir, opts)
+	switch {
+	case err == nil:
+		return store, nil
+	case locked != "" && errors.Is(err, keystore.ErrLocked):
+		return nil, cli.WithCode(exitFailure, fmt.Errorf("the keystore in %s is in use, %s", cfg.Keystore.Dir, locked))
+	case errors.Is(err, keystore.ErrNotExist):
+		return nil, cli.WithCode(exitUsage, fmt.Errorf("no keystore in %s: create it with 'keybroker init --config FILE'%s", cfg.Keystore.Dir, create))
+	}
+	return nil, cli.WithCode(exitUsage, fmt.Errorf("opening the keystore: %w (nothing was changed on disk)", err))
 }
 
 // listenUnix listens on a unix socket readable only by the owner, removing
