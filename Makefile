@@ -34,7 +34,7 @@ FUZZ_TARGETS ?= \
 	./internal/kek/kektest:FuzzFakeUnwrapKey \
 	./internal/akvemu:FuzzState
 
-.PHONY: all build run test test-go lint fmt vet staticcheck generate generate-check fuzz fuzz-ci bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean
+.PHONY: all build run deps test test-go lint fmt vet staticcheck generate generate-check fuzz fuzz-ci bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean
 
 all: build
 
@@ -47,7 +47,16 @@ run: build
 
 ## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector, every
 ## fuzz target's seed corpus), a short fuzz of the main parsers, a one-minute soak.
-test: generate-check lint test-go fuzz-ci soak-ci
+test: deps generate-check lint test-go fuzz-ci soak-ci
+
+## deps: installs the Debian packages listed in .ci/apt-packages that are missing (needs root, as on CI).
+deps:
+	@pkgs=$$(grep -v '^#' .ci/apt-packages | tr '\n' ' '); missing=; \
+	for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 test-go:
 	$(GO) test -race -count=1 -timeout 12m ./...
