@@ -61,6 +61,28 @@ func (h *harness) scrape() map[string]*dto.MetricFamily {
 	return fams
 }
 
+// scrapeFor scrapes until every series in want is present with at least its
+// minimum, for at most 5 s:
+// grpc-go's stats handler records a server call after the reply has left,
+// so the client can see the reply before the metric exists.
+func (h *harness) scrapeFor(want ...series) map[string]*dto.MetricFamily {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fams := h.scrape()
+		missing := false
+		for _, s := range want {
+			if v, ok := s.find(fams); !ok || v < s.min {
+				missing = true
+			}
+		}
+		if !missing || time.Now().After(deadline) {
+			return fams
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // series is what a test asks of one series: its family, labels, and a
 // bound on its value (a histogram's sample count).
 type series struct {
@@ -201,10 +223,10 @@ func TestMetricsEndToEnd(t *testing.T) {
 		t.Fatalf("Revalidate = %v, %v, want ok", rv, err)
 	}
 
-	fams := h.scrape()
 	rpc := func(method, code string, lo, hi float64) series {
 		return series{name: "rpc_server_call_duration_seconds", labels: map[string]string{"rpc_method": kbService + method, "rpc_response_status_code": code}, min: lo, max: hi}
 	}
+	fams := h.scrapeFor(rpc("GetMasterKey", "OK", gets, gets), rpc("Revalidate", "OK", 1, 1))
 	azure := func(op, outcome string, lo float64) series {
 		return series{name: "keybroker_azure_call_duration_seconds", labels: map[string]string{"operation": op, "region": primary, "outcome": outcome}, min: lo}
 	}
@@ -254,7 +276,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 	}
 	_, err = eng.GetMasterKey(ctx, &keybrokerv1.GetMasterKeyRequest{})
 	wantCode(t, "GetMasterKey while paused", err, codes.FailedPrecondition)
-	fams = h.scrape()
+	fams = h.scrapeFor(rpc("GetMasterKey", "FAILED_PRECONDITION", 1, 1))
 	checkSeries(t, fams, []series{
 		{name: "keybroker_state", labels: map[string]string{"state": "PAUSED"}, min: 1, max: 1},
 		{name: "keybroker_state", labels: map[string]string{"state": "SERVING"}, max: 0},
