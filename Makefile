@@ -39,11 +39,11 @@ FUZZ_TARGETS ?= \
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	@$(GO) build -o $(BIN)/ ./cmd/...
 
 ## run: the main job, `keybroker dev` on the embedded default (emulator, dev PKI, fresh keystore).
 run: build
-	$(BIN)/keybroker dev --dir $(DEV_DIR)
+	@$(BIN)/keybroker dev --dir $(DEV_DIR)
 
 ## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector, every
 ## fuzz target's seed corpus), a short fuzz of the main parsers, a one-minute soak.

@@ -56,6 +56,7 @@ func program() *cli.Program[*env] {
 			{Name: "watch", Summary: "print the broker's state changes as JSON lines; run commands on pause and resume", Run: runWatch},
 			{Name: "rewrap", Summary: "add the wrapped copies a configured region's key lacks (broker stopped)", Run: runRewrap},
 			{Name: "rotate-cmk", Summary: "rewrap the master keys under a new customer key, or drop the old copies with --finalize (broker stopped)", Run: runRotateCMK},
+			{Name: "version", Summary: "print the version, VCS revision and time, and Go version of this binary", Run: runVersion},
 		},
 		NameWidth: 15,
 		Footer:    "Run 'keybroker COMMAND -h' for a command's flags. Exit codes are listed in the README.",
@@ -74,6 +75,9 @@ func main() {
 func report(w io.Writer, err error) int { return cli.Report(w, "keybroker", err) }
 
 func run(ctx context.Context, e *env, args []string) error {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		args = []string{"version"}
+	}
 	return program().Run(ctx, e, e.stdout, e.stderr, args)
 }
 
