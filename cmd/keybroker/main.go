@@ -31,6 +31,7 @@ const (
 	exitExists      = 7               // init: a keystore already exists (use --if-missing)
 	exitCheckFailed = 8               // check: the pre-flight found a problem
 	exitPaused      = 9               // watch --exit-on-pause: the broker paused (revocation)
+	exitNotReady    = 10              // init, serve: keystore.require_mount not mounted, or keystore.dir's parent missing
 )
 
 // env is what commands may read of the process: nothing below cmd/ reads

@@ -1,10 +1,21 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/internal/akvemu"
+	"github.com/keybroker/keybroker/internal/mount"
 )
 
 // TestVersion runs `keybroker version` and `--version`: both print the
@@ -65,6 +76,284 @@ func TestBadFlagPrintedOnce(t *testing.T) {
 		}
 		if !strings.Contains(errOut, "usage: keybroker "+cmd) {
 			t.Errorf("keybroker %s --bogus stderr %q lacks the usage", cmd, errOut)
+		}
+	}
+}
+
+// newNodeHarness starts an emulator and writes a configuration whose
+// keystore.dir is ksDir, with extraKeystore lines added to the keystore
+// section; it does not init.
+func newNodeHarness(t *testing.T, ksDir, extraKeystore string) *harness {
+	t.Helper()
+	h := startHarness(t, akvemu.Config{Ephemeral: true, Keys: []akvemu.KeySpec{{Vault: akvemu.DefaultVaultHost, Name: "cmk", Size: 2048}}})
+	yaml := devConfig(h.dir, "127.0.0.1:0", h.files, h.info)
+	orig := fmt.Sprintf("  dir: %q\n", filepath.Join(h.dir, devKeystoreDir))
+	if !strings.Contains(yaml, orig) {
+		t.Fatalf("dev config has no line %q", orig)
+	}
+	yaml = strings.Replace(yaml, orig, fmt.Sprintf("  dir: %q\n%s", ksDir, extraKeystore), 1)
+	yaml = strings.Replace(yaml, "  key_id:", "  timeout: 3s\n  max_retries: 1\n  key_id:", 1)
+	if err := h.writeConfig([]byte(yaml)); err != nil {
+		t.Fatalf("config.Parse(test config) err = %v, want nil", err)
+	}
+	return h
+}
+
+// vaultCalls is the number of requests the emulator served, every host and
+// operation together (the token endpoint included).
+func (h *harness) vaultCalls(t *testing.T) int64 {
+	t.Helper()
+	c, err := h.emu.Control().Counters(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatalf("Counters err = %v", err)
+	}
+	var n int64
+	for _, ops := range c {
+		for _, v := range ops {
+			n += v
+		}
+	}
+	return n
+}
+
+// TestInitBootstrapSafety runs `keybroker init` where a node bootstrap could
+// go wrong: each case is refused with a message naming the fix, before any
+// Key Vault call and without writing anything.
+func TestInitBootstrapSafety(t *testing.T) {
+	tests := []struct {
+		name     string
+		setup    func(t *testing.T, base string) (ksDir, extra string)
+		rootOnly bool
+		code     int
+		want     []string
+		check    func(t *testing.T, ksDir string)
+	}{
+		{
+			name: "parent directory missing (volume not mounted)",
+			setup: func(t *testing.T, base string) (string, string) {
+				return filepath.Join(base, "data", "keystore"), ""
+			},
+			code: exitNotReady,
+			want: []string{"its parent directory", "does not exist", "mount the volume", "init never creates it"},
+			check: func(t *testing.T, ksDir string) {
+				if _, err := os.Stat(filepath.Dir(ksDir)); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("init left %s behind (stat err = %v): it must not create the parent", filepath.Dir(ksDir), err)
+				}
+			},
+		},
+		{
+			name: "require_mount not a mount point",
+			setup: func(t *testing.T, base string) (string, string) {
+				vol := filepath.Join(base, "vol")
+				mkdir(t, vol, 0o755)
+				return filepath.Join(vol, "keystore"), fmt.Sprintf("  require_mount: %q\n", vol)
+			},
+			code: exitNotReady,
+			want: []string{"keystore.require_mount", "is not a mount point", "mount the data volume"},
+			check: func(t *testing.T, ksDir string) {
+				if _, err := os.Stat(ksDir); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("init created %s (stat err = %v) on an unmounted volume", ksDir, err)
+				}
+			},
+		},
+		{
+			name: "directory holds other files",
+			setup: func(t *testing.T, base string) (string, string) {
+				ks := filepath.Join(base, "ks")
+				mkdir(t, ks, 0o700)
+				if err := os.WriteFile(filepath.Join(ks, "notes.txt"), []byte("mine"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				return ks, ""
+			},
+			code: exitUsage,
+			want: []string{"is not empty and holds no keystore (notes.txt)", "point keystore.dir at"},
+			check: func(t *testing.T, ksDir string) {
+				ents, err := os.ReadDir(ksDir)
+				if err != nil || len(ents) != 1 || ents[0].Name() != "notes.txt" {
+					t.Errorf("after the refused init %s holds %v (err %v), want only notes.txt", ksDir, ents, err)
+				}
+			},
+		},
+		{
+			name: "directory open to others",
+			setup: func(t *testing.T, base string) (string, string) {
+				ks := filepath.Join(base, "ks")
+				mkdir(t, ks, 0o755)
+				return ks, ""
+			},
+			code: exitUsage,
+			want: []string{"has mode 0755", "run chmod 700", "Key Vault was not called"},
+		},
+		{
+			name:     "directory owned by another user",
+			rootOnly: true,
+			setup: func(t *testing.T, base string) (string, string) {
+				ks := filepath.Join(base, "ks")
+				mkdir(t, ks, 0o700)
+				if err := os.Chown(ks, 65534, 65534); err != nil {
+					t.Fatal(err)
+				}
+				return ks, ""
+			},
+			code: exitUsage,
+			want: []string{"is owned by uid 65534", "run chown 0 "},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.rootOnly && os.Geteuid() != 0 {
+				t.Skip("needs root to give a directory another owner")
+			}
+			base := t.TempDir()
+			ksDir, extra := tc.setup(t, base)
+			h := newNodeHarness(t, ksDir, extra)
+			before := h.vaultCalls(t)
+			out, errOut, code := runCLI(t, "init", "--config", h.cfgPath, "--if-missing")
+			if code != tc.code {
+				t.Fatalf("init exit %d, want %d; stdout %q stderr %q", code, tc.code, out, errOut)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("init stderr %q, want it to contain %q", errOut, w)
+				}
+			}
+			if n := h.vaultCalls(t) - before; n != 0 {
+				t.Errorf("the refused init made %d Key Vault/Entra calls, want 0", n)
+			}
+			if tc.check != nil {
+				tc.check(t, ksDir)
+			}
+		})
+	}
+}
+
+func mkdir(t *testing.T, dir string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Mkdir(dir, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, mode); err != nil { // past the umask
+		t.Fatal(err)
+	}
+}
+
+// TestInitRequireMountMounted inits a keystore on a real mount point
+// (/dev/shm, a tmpfs on Linux) with keystore.require_mount naming it.
+func TestInitRequireMountMounted(t *testing.T) {
+	const vol = "/dev/shm"
+	if ok, err := mount.IsMountPoint(vol); !ok || err != nil {
+		t.Skipf("%s is not a mount point here (%v): nothing to init on", vol, err)
+	}
+	base, err := os.MkdirTemp(vol, "keybroker-test-")
+	if err != nil {
+		t.Skipf("cannot write to %s: %v", vol, err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	ksDir := filepath.Join(base, "keystore")
+	h := newNodeHarness(t, ksDir, fmt.Sprintf("  require_mount: %q\n", vol))
+	out, errOut, code := runCLI(t, "init", "--config", h.cfgPath)
+	if code != exitOK || !strings.Contains(out, "created keystore "+ksDir) {
+		t.Fatalf("init on a mounted volume exit %d, stdout %q, stderr %q; want 0 and the keystore created", code, out, errOut)
+	}
+}
+
+func TestCheckNewKeystoreDirFreeSpace(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "keystore")
+	err := checkNewKeystoreDir(dir, 1<<62)
+	if err == nil || !strings.Contains(err.Error(), "KiB free on the file system of "+parent) || !strings.Contains(err.Error(), "free some space or put the keystore on another volume") {
+		t.Fatalf("checkNewKeystoreDir(%s, 4 EiB) err = %v, want a free-space refusal naming the fix", dir, err)
+	}
+	if err := checkNewKeystoreDir(dir, minFreeBytes); err != nil {
+		t.Fatalf("checkNewKeystoreDir(a new dir in a temp dir) err = %v, want nil", err)
+	}
+}
+
+// TestServeChecksFilesBeforeListening: serve with an unreadable TLS key fails
+// naming tls.key_file, before it opens the admin listener (whose port is
+// taken here, so reaching it would fail differently), and serve with an
+// unmounted keystore.require_mount refuses to start.
+func TestServeChecksFilesBeforeListening(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	base := t.TempDir()
+	vol := filepath.Join(base, "vol")
+	mkdir(t, vol, 0o700)
+	tests := []struct {
+		name  string
+		edit  func(yaml string) string
+		extra string
+		code  int
+		want  []string
+	}{
+		{"missing TLS key", func(y string) string {
+			return regexp.MustCompile(`(?m)^  key_file: .*$`).ReplaceAllString(y, fmt.Sprintf("  key_file: %q", filepath.Join(base, "absent.key")))
+		}, "", exitUsage, []string{"tls.key_file: ", "absent.key does not exist", "nothing is listening yet"}},
+		{"TLS CA is a directory", func(y string) string {
+			return regexp.MustCompile(`(?m)^  client_ca_file: .*$`).ReplaceAllString(y, fmt.Sprintf("  client_ca_file: %q", base))
+		}, "", exitUsage, []string{"tls.client_ca_file: ", "is a directory"}},
+		{"require_mount not mounted", func(y string) string { return y }, fmt.Sprintf("  require_mount: %q\n", vol), exitNotReady, []string{"keystore.require_mount: " + vol + " is not a mount point"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newNodeHarness(t, filepath.Join(vol, "keystore"), tc.extra)
+			yaml, err := os.ReadFile(h.cfgPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			y := strings.Replace(string(yaml), `  address: "127.0.0.1:0"`, fmt.Sprintf("  address: %q", busy.Addr().String()), 1)
+			if err := os.WriteFile(h.cfgPath, []byte(tc.edit(y)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, errOut, code := runCLI(t, "serve", "--config", h.cfgPath)
+			if code != tc.code {
+				t.Fatalf("serve exit %d, want %d; stderr %q", code, tc.code, errOut)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("serve stderr %q, want it to contain %q", errOut, w)
+				}
+			}
+			if strings.Contains(errOut, busy.Addr().String()) {
+				t.Errorf("serve stderr %q names the admin address: it tried to listen before checking its files", errOut)
+			}
+		})
+	}
+}
+
+// TestKeyIDErrorNamesYAMLKey: a bad azure.key_id is reported under that key,
+// with the fix in configuration terms, not as a Go field or a region the
+// operator never listed.
+func TestKeyIDErrorNamesYAMLKey(t *testing.T) {
+	base := t.TempDir()
+	h := newNodeHarness(t, filepath.Join(base, "keystore"), "")
+	yaml, err := os.ReadFile(h.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := regexp.MustCompile(`(?m)^  key_id: "https://([^/"]+)/`).ReplaceAllString(string(yaml), `  key_id: "https://$1:8443/`)
+	if y == string(yaml) {
+		t.Fatal("found no key_id line to edit")
+	}
+	if err := os.WriteFile(h.cfgPath, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCLI(t, "init", "--config", h.cfgPath)
+	if code != exitUsage {
+		t.Fatalf("init with a key id with a port exit %d, want %d; stderr %q", code, exitUsage, errOut)
+	}
+	for _, w := range []string{"keybroker: azure.key_id: ", "has a port: remove it", "set vault_url"} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("init stderr %q, want it to contain %q", errOut, w)
+		}
+	}
+	for _, bad := range []string{"Config.Endpoint", "regions[0]", "(primary)"} {
+		if strings.Contains(errOut, bad) {
+			t.Errorf("init stderr %q names %q, which is not in the operator's configuration", errOut, bad)
 		}
 	}
 }
