@@ -281,8 +281,6 @@ func TestServeChecksFilesBeforeListening(t *testing.T) {
 	}
 	defer busy.Close()
 	base := t.TempDir()
-	vol := filepath.Join(base, "vol")
-	mkdir(t, vol, 0o700)
 	tests := []struct {
 		name  string
 		edit  func(yaml string) string
@@ -296,17 +294,21 @@ func TestServeChecksFilesBeforeListening(t *testing.T) {
 		{"TLS CA is a directory", func(y string) string {
 			return regexp.MustCompile(`(?m)^  client_ca_file: .*$`).ReplaceAllString(y, fmt.Sprintf("  client_ca_file: %q", base))
 		}, "", exitUsage, []string{"tls.client_ca_file: ", "is a directory"}},
-		{"require_mount not mounted", func(y string) string { return y }, fmt.Sprintf("  require_mount: %q\n", vol), exitNotReady, []string{"keystore.require_mount: " + vol + " is not a mount point"}},
+		{"require_mount not mounted", func(y string) string {
+			return strings.Replace(y, "keystore:\n", "keystore:\n  require_mount: VOLUME\n", 1)
+		}, "", exitNotReady, []string{"keystore.require_mount: ", " is not a mount point: mount the data volume"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newNodeHarness(t, filepath.Join(vol, "keystore"), tc.extra)
+			h := newNodeHarness(t, filepath.Join(t.TempDir(), "keystore"), tc.extra)
+			h.initKeystore() // a keystore to serve: only the edit below is wrong
 			yaml, err := os.ReadFile(h.cfgPath)
 			if err != nil {
 				t.Fatal(err)
 			}
-			y := strings.Replace(string(yaml), `  address: "127.0.0.1:0"`, fmt.Sprintf("  address: %q", busy.Addr().String()), 1)
-			if err := os.WriteFile(h.cfgPath, []byte(tc.edit(y)), 0o600); err != nil {
+			y := strings.Replace(string(yaml), "admin:\n  address: \"127.0.0.1:0\"", fmt.Sprintf("admin:\n  address: %q", busy.Addr().String()), 1)
+			y = strings.ReplaceAll(tc.edit(y), "VOLUME", filepath.Dir(h.cfg.Keystore.Dir))
+			if err := os.WriteFile(h.cfgPath, []byte(y), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			_, errOut, code := runCLI(t, "serve", "--config", h.cfgPath)
@@ -355,5 +357,83 @@ func TestKeyIDErrorNamesYAMLKey(t *testing.T) {
 		if strings.Contains(errOut, bad) {
 			t.Errorf("init stderr %q names %q, which is not in the operator's configuration", errOut, bad)
 		}
+	}
+}
+
+// TestClientMessagesNameTheFix drives a running broker with the client
+// commands an operator uses and checks the text they read: a refused role
+// names the authorization key, and UNAVAILABLE tells a Key Vault outage
+// behind the broker from a broker that cannot be reached.
+func TestClientMessagesNameTheFix(t *testing.T) {
+	h := newHarness(t, "")
+	h.start()
+	conn := func(cert, key string) []string {
+		return []string{"--addr", h.at.Address, "--ca", h.files.CA, "--cert", cert, "--key", key, "--timeout", "20s"}
+	}
+	admin := conn(h.files.AdminCert, h.files.AdminKey)
+
+	_, errOut, code := runCLI(t, append([]string{"rotate"}, conn(h.files.EngineCert, h.files.EngineKey)...)...)
+	if code != exitDenied {
+		t.Fatalf("rotate with the engine certificate exit %d, want %d; stderr %q", code, exitDenied, errOut)
+	}
+	for _, w := range []string{"PermissionDenied", `it needs role "admin"`, "list the identity under authorization.admin in the broker's configuration file"} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("rotate as engine stderr %q, want it to contain %q", errOut, w)
+		}
+	}
+	if strings.Contains(errOut, "roles config") {
+		t.Errorf("rotate as engine stderr %q names a \"roles config\" the configuration file does not have", errOut)
+	}
+
+	ctl := h.emu.Control()
+	if err := ctl.InjectFault(ctxT(t, 10*time.Second), akvemu.Fault{Status: 503}); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = runCLI(t, append([]string{"rotate"}, admin...)...)
+	if err := ctl.ClearFaults(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if code != exitUnavailable {
+		t.Fatalf("rotate during a Key Vault outage exit %d, want %d; stderr %q", code, exitUnavailable, errOut)
+	}
+	if !strings.Contains(errOut, "the broker answered: it cannot reach Key Vault") {
+		t.Errorf("rotate during a Key Vault outage stderr %q, want it to say the broker answered and Key Vault is unreachable", errOut)
+	}
+	if strings.Contains(errOut, "is the broker running") || strings.Contains(errOut, "--addr") {
+		t.Errorf("rotate during a Key Vault outage stderr %q blames the connection flags", errOut)
+	}
+
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := closed.Addr().String()
+	closed.Close()
+	args := append([]string{"rotate"}, admin...)
+	args[2] = addr
+	_, errOut, code = runCLI(t, args...)
+	if code != exitUnavailable || !strings.Contains(errOut, "is the broker running, and are --addr, --ca and --server-name right?") {
+		t.Errorf("rotate against a closed port exit %d, stderr %q; want %d and the connection hint", code, errOut, exitUnavailable)
+	}
+}
+
+// TestColdStartOutageReason starts a broker while Key Vault is unreachable:
+// it holds no key, and its DEGRADED reason must say so rather than claim to
+// serve keys from memory.
+func TestColdStartOutageReason(t *testing.T) {
+	h := newHarness(t, "")
+	if err := h.emu.Control().InjectFault(ctxT(t, 10*time.Second), akvemu.Fault{Reset: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	out, errOut, code := runCLI(t, "status", "--addr", h.at.Address, "--ca", h.files.CA, "--cert", h.files.EngineCert, "--key", h.files.EngineKey)
+	if code != exitOK {
+		t.Fatalf("status exit %d, want 0; stderr %q", code, errOut)
+	}
+	if !strings.Contains(out, "DEGRADED") || !strings.Contains(out, "no key is held in memory yet, so key requests fail with UNAVAILABLE until Key Vault answers") {
+		t.Errorf("status after a cold start in an outage printed %q, want DEGRADED saying no key is held", out)
+	}
+	if strings.Contains(out, "serving keys held in memory") {
+		t.Errorf("status after a cold start in an outage printed %q: it claims to serve keys it does not hold", out)
 	}
 }
