@@ -437,3 +437,23 @@ func TestColdStartOutageReason(t *testing.T) {
 		t.Errorf("status after a cold start in an outage printed %q: it claims to serve keys it does not hold", out)
 	}
 }
+
+// TestRotateCMKOfflineOutageLog runs the offline rotate-cmk while Key Vault
+// is unreachable: it holds no key, so its log must not claim to serve keys
+// from memory.
+func TestRotateCMKOfflineOutageLog(t *testing.T) {
+	h := newHarness(t, "")
+	if err := h.emu.Control().InjectFault(ctxT(t, 10*time.Second), akvemu.Fault{Reset: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCLI(t, "rotate-cmk", "--config", h.cfgPath, "--timeout", "20s")
+	if code != exitUnavailable {
+		t.Fatalf("rotate-cmk in an outage exit %d, want %d; stderr %q", code, exitUnavailable, errOut)
+	}
+	if strings.Contains(errOut, "serving keys held in memory") {
+		t.Errorf("offline rotate-cmk logged %q: it serves nothing and holds no key", errOut)
+	}
+	if strings.Contains(errOut, "DEGRADED") && !strings.Contains(errOut, "no key is held in memory") {
+		t.Errorf("offline rotate-cmk logged a DEGRADED state without saying no key is held: %q", errOut)
+	}
+}
