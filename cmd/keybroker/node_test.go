@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -455,5 +457,54 @@ func TestRotateCMKOfflineOutageLog(t *testing.T) {
 	}
 	if strings.Contains(errOut, "DEGRADED") && !strings.Contains(errOut, "no key is held in memory") {
 		t.Errorf("offline rotate-cmk logged a DEGRADED state without saying no key is held: %q", errOut)
+	}
+}
+
+// TestServeNotifiesSystemd runs `keybroker serve` as systemd would with
+// Type=notify: READY=1 arrives on NOTIFY_SOCKET once the broker listens,
+// STOPPING=1 when it is told to stop.
+func TestServeNotifiesSystemd(t *testing.T) {
+	h := newHarness(t, "")
+	sock := filepath.Join(t.TempDir(), "notify")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		e := &env{stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
+			if k == "NOTIFY_SOCKET" {
+				return sock
+			}
+			return ""
+		}}
+		done <- run(ctx, e, []string{"serve", "--config", h.cfgPath})
+	}()
+	read := func() string {
+		nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+		buf := make([]byte, 4096)
+		n, err := nc.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification from serve: %v", err)
+		}
+		return string(buf[:n])
+	}
+	if got := read(); !strings.HasPrefix(got, "READY=1\nSTATUS=SERVING; address 127.0.0.1:") {
+		t.Errorf("serve's first notification %q, want READY=1 with a SERVING status", got)
+	}
+	cancel()
+	if got := read(); got != "STOPPING=1" {
+		t.Errorf("serve's notification on stop %q, want STOPPING=1", got)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve returned %v after cancel, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("serve did not stop within 30s")
 	}
 }

@@ -41,7 +41,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, logger, nil)
+	return serve(ctx, cfg, logger, systemdReady(ctx, e, logger)) // notify.go
 }
 
 // configFlag declares --config, the configuration file of the commands
