@@ -39,7 +39,7 @@ FUZZ_TARGETS ?= \
 all: build
 
 build:
-	@$(GO) build -o $(BIN)/ ./cmd/...
+	@$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
 
 ## run: the main job, `keybroker dev` on the embedded default (emulator, dev PKI, fresh keystore).
 run: build
@@ -141,3 +141,11 @@ crashtest:
 
 clean:
 	rm -rf $(BIN) $(DEV_DIR)
+
+# Issue 13: the mount-table parser is fuzzed with the others.
+FUZZ_TARGETS += ./internal/mount:FuzzParseMountInfo
+
+.PHONY: check-rules
+## check-rules: Prometheus's promtool (pinned in tools/promtool/go.mod) checks the example alert rules.
+check-rules:
+	$(GO) tool -modfile=tools/promtool/go.mod promtool check rules deploy/prometheus/keybroker-rules.yaml

@@ -21,12 +21,15 @@ var ErrFormat = errors.New("mount: malformed mountinfo line")
 // maxLine bounds one mountinfo line; the kernel's are far shorter.
 const maxLine = 64 << 10
 
-// Table is the file IsMountPoint reads; a variable for tests.
-var Table = "/proc/self/mountinfo"
+// mountInfo is the kernel's mount table of this process's mount namespace.
+const mountInfo = "/proc/self/mountinfo"
 
 // IsMountPoint reports whether path, made absolute and with symbolic links
 // resolved, is the mount point of a mounted file system.
-func IsMountPoint(path string) (bool, error) {
+func IsMountPoint(path string) (bool, error) { return isMountPoint(mountInfo, path) }
+
+// isMountPoint is IsMountPoint reading the mount table table.
+func isMountPoint(table, path string) (bool, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return false, fmt.Errorf("mount: %w", err)
@@ -35,7 +38,7 @@ func IsMountPoint(path string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("mount: %w", err)
 	}
-	f, err := os.Open(Table)
+	f, err := os.Open(table)
 	if err != nil {
 		return false, fmt.Errorf("mount: reading the mount table: %w", err)
 	}
