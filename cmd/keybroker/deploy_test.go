@@ -14,9 +14,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/keybroker/keybroker/internal/akvemu"
 	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
 )
@@ -537,4 +539,93 @@ func TestDeployDockerfile(t *testing.T) {
 	if entry != `["/usr/bin/keybroker"]` {
 		t.Errorf("ENTRYPOINT %s, want [\"/usr/bin/keybroker\"]", entry)
 	}
+}
+
+// TestAlertRulesNameRealMetrics reads the example Prometheus alert rules
+// and scrapes a real two-region broker after a failover: every keybroker
+// metric and label a rule names must be one the broker exports. (promtool
+// checks the rules' syntax: make check-rules.)
+func TestAlertRulesNameRealMetrics(t *testing.T) {
+	path := filepath.Join(deployDir, "prometheus", "keybroker-rules.yaml")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rf struct {
+		Groups []struct {
+			Name  string `yaml:"name"`
+			Rules []struct {
+				Alert       string            `yaml:"alert"`
+				Expr        string            `yaml:"expr"`
+				For         string            `yaml:"for"`
+				Labels      map[string]string `yaml:"labels"`
+				Annotations map[string]string `yaml:"annotations"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&rf); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if len(rf.Groups) == 0 {
+		t.Fatalf("%s has no rule groups", path)
+	}
+
+	h := newRegionsHarness(t, regionsOpts{regions: []string{"east", "west"}, timeout: "2s"})
+	h.start()
+	ctx := ctxT(t, 2*time.Minute)
+	if err := h.emu.Control().InjectFault(ctx, akvemu.Fault{Host: eastHost, Status: 503}); err != nil {
+		t.Fatal(err)
+	}
+	failOver(ctx, t, h.admin(), h.engine())
+	fams := h.scrape()
+
+	metricRe := regexp.MustCompile(`\b(keybroker_[a-z_]+)(\{[^}]*\})?`)
+	labelRe := regexp.MustCompile(`([a-z_]+)\s*[=!]~?`)
+	byRe := regexp.MustCompile(`by \(([^)]*)\)`)
+	n := 0
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			n++
+			if r.Alert == "" || r.Expr == "" || r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+				t.Errorf("group %s: rule %q lacks alert, expr, labels.severity or annotations.summary", g.Name, r.Alert)
+			}
+			var byLabels []string
+			for _, m := range byRe.FindAllStringSubmatch(r.Expr, -1) {
+				for _, l := range strings.Split(m[1], ",") {
+					byLabels = append(byLabels, strings.TrimSpace(l))
+				}
+			}
+			for _, m := range metricRe.FindAllStringSubmatch(r.Expr, -1) {
+				name := m[1]
+				fam := fams[name]
+				for _, suffix := range []string{"_count", "_sum", "_bucket"} {
+					if fam == nil && strings.HasSuffix(name, suffix) {
+						fam = fams[strings.TrimSuffix(name, suffix)]
+					}
+				}
+				if fam == nil {
+					t.Errorf("rule %s: %s is not a metric the broker exports", r.Alert, name)
+					continue
+				}
+				has := map[string]bool{"instance": true, "job": true} // added by Prometheus
+				for _, s := range fam.GetMetric() {
+					for _, l := range s.GetLabel() {
+						has[l.GetName()] = true
+					}
+				}
+				var used []string
+				for _, lm := range labelRe.FindAllStringSubmatch(m[2], -1) {
+					used = append(used, lm[1])
+				}
+				for _, l := range append(used, byLabels...) {
+					if !has[l] {
+						t.Errorf("rule %s: %s has no label %q", r.Alert, name, l)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d rules checked against %d metric families", n, len(fams))
 }
