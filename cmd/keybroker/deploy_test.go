@@ -629,3 +629,34 @@ func TestAlertRulesNameRealMetrics(t *testing.T) {
 	}
 	t.Logf("%d rules checked against %d metric families", n, len(fams))
 }
+
+// TestMakeRunQuiet: `make run` must print keybroker dev's JSON line first,
+// so neither it nor the build it depends on may echo its command lines.
+func TestMakeRunQuiet(t *testing.T) {
+	data, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recipes := map[string][]string{}
+	target := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case strings.HasPrefix(line, "\t") && target != "":
+			recipes[target] = append(recipes[target], line[1:])
+		case strings.HasPrefix(line, "run:") || strings.HasPrefix(line, "build:"):
+			target, _, _ = strings.Cut(line, ":")
+		default:
+			target = ""
+		}
+	}
+	for _, name := range []string{"run", "build"} {
+		if len(recipes[name]) == 0 {
+			t.Errorf("Makefile has no recipe for %s", name)
+		}
+		for _, l := range recipes[name] {
+			if !strings.HasPrefix(l, "@") {
+				t.Errorf("Makefile %s: %q is echoed before the JSON line: prefix it with @", name, l)
+			}
+		}
+	}
+}
