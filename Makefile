@@ -39,11 +39,11 @@ FUZZ_TARGETS ?= \
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	@$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/...
 
 ## run: the main job, `keybroker dev` on the embedded default (emulator, dev PKI, fresh keystore).
 run: build
-	$(BIN)/keybroker dev --dir $(DEV_DIR)
+	@$(BIN)/keybroker dev --dir $(DEV_DIR)
 
 ## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector, every
 ## fuzz target's seed corpus), a short fuzz of the main parsers, a one-minute soak.
@@ -141,3 +141,11 @@ crashtest:
 
 clean:
 	rm -rf $(BIN) $(DEV_DIR)
+
+# Issue 13: the mount-table parser is fuzzed with the others.
+FUZZ_TARGETS += ./internal/mount:FuzzParseMountInfo
+
+.PHONY: check-rules
+## check-rules: Prometheus's promtool (pinned in tools/promtool/go.mod) checks the example alert rules.
+check-rules:
+	$(GO) tool -modfile=tools/promtool/go.mod promtool check rules deploy/prometheus/keybroker-rules.yaml

@@ -94,7 +94,7 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, cli.WithCode(exitUsage, err)
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), grpc.WithChainUnaryInterceptor(markAnswered))
 	if err != nil {
 		return nil, cli.UsageErrorf("--addr %q: %w", c.addr, err)
 	}
@@ -114,7 +114,11 @@ func rpcError(what string, err error) error {
 	switch st.Code() {
 	case codes.Unavailable:
 		code = exitUnavailable
-		msg += " (is the broker running, and are --addr, --ca and --server-name right?)"
+		if brokerAnswered(err) {
+			msg += " (the broker answered: it cannot reach Key Vault; see its log and 'keybroker status', and check the network path to the vault)"
+		} else {
+			msg += " (is the broker running, and are --addr, --ca and --server-name right?)"
+		}
 	case codes.DeadlineExceeded:
 		code = exitUnavailable
 	case codes.FailedPrecondition:

@@ -43,6 +43,14 @@ func runInit(ctx context.Context, e *env, args []string) error {
 // before anything is written. It never overwrites: an existing keystore is
 // an error, or with ifMissing a no-op.
 func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, ifMissing bool) (bool, error) {
+	// Local preconditions first (preflight.go): nothing reaches Key Vault,
+	// and nothing is created, on a volume that is not there yet.
+	if err := checkMount(cfg.Keystore); err != nil {
+		return false, err
+	}
+	if err := checkParent(cfg.Keystore.Dir); err != nil {
+		return false, err
+	}
 	exists, err := keystore.Exists(cfg.Keystore.Dir)
 	if err != nil {
 		return false, cli.WithCode(exitUsage, err)
@@ -60,6 +68,11 @@ func initKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger, 
 			return false, nil
 		}
 		return false, cli.WithCode(exitExists, fmt.Errorf("a keystore already exists in %s: refusing to overwrite it (use --if-missing in scripts)", cfg.Keystore.Dir))
+	}
+	if !exists {
+		if err := checkNewKeystoreDir(cfg.Keystore.Dir, minFreeBytes); err != nil {
+			return false, err
+		}
 	}
 	wrapper, closeWrapper, err := buildWrapper(cfg, logger)
 	if err != nil {

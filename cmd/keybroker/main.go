@@ -31,6 +31,7 @@ const (
 	exitExists      = 7               // init: a keystore already exists (use --if-missing)
 	exitCheckFailed = 8               // check: the pre-flight found a problem
 	exitPaused      = 9               // watch --exit-on-pause: the broker paused (revocation)
+	exitNotReady    = 10              // init, serve: keystore.require_mount not mounted, or keystore.dir's parent missing
 )
 
 // env is what commands may read of the process: nothing below cmd/ reads
@@ -56,6 +57,7 @@ func program() *cli.Program[*env] {
 			{Name: "watch", Summary: "print the broker's state changes as JSON lines; run commands on pause and resume", Run: runWatch},
 			{Name: "rewrap", Summary: "add the wrapped copies a configured region's key lacks (broker stopped)", Run: runRewrap},
 			{Name: "rotate-cmk", Summary: "rewrap the master keys under a new customer key, or drop the old copies with --finalize (broker stopped)", Run: runRotateCMK},
+			{Name: "version", Summary: "print the version, VCS revision and time, and Go version of this binary", Run: runVersion},
 		},
 		NameWidth: 15,
 		Footer:    "Run 'keybroker COMMAND -h' for a command's flags. Exit codes are listed in the README.",
@@ -74,6 +76,9 @@ func main() {
 func report(w io.Writer, err error) int { return cli.Report(w, "keybroker", err) }
 
 func run(ctx context.Context, e *env, args []string) error {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		args = []string{"version"}
+	}
 	return program().Run(ctx, e, e.stdout, e.stderr, args)
 }
 

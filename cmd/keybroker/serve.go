@@ -41,7 +41,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, logger, nil)
+	return serve(ctx, cfg, logger, systemdReady(ctx, e, logger)) // notify.go
 }
 
 // configFlag declares --config, the configuration file of the commands
@@ -106,6 +106,23 @@ type listening struct {
 func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready func(listening)) error {
 	disableCoreDumps(logger)
 
+	// Every file and setting is checked before anything listens: a broken
+	// configuration must not leave an admin port up that says "alive".
+	if err := checkMount(cfg.Keystore); err != nil { // preflight.go
+		return err
+	}
+	if err := checkFiles(cfg); err != nil {
+		return err
+	}
+	tlsCfg, err := mtls.ServerTLS(mtls.ServerConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
+	if err != nil {
+		return cli.WithCode(exitUsage, err)
+	}
+	authz, err := mtls.NewAuthorizer(roles(cfg.Authorization), mtls.DefaultMethodRoles(), logger)
+	if err != nil {
+		return cli.WithCode(exitUsage, err)
+	}
+
 	store, err := openKeystore(cfg, keystore.Options{}, "", "")
 	if err != nil {
 		return err
@@ -146,15 +163,6 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	}
 	defer b.Close()
 	adminURL, err := obs.start(ctx, cfg.Admin.Address, b)
-	if err != nil {
-		return cli.WithCode(exitUsage, err)
-	}
-
-	tlsCfg, err := mtls.ServerTLS(mtls.ServerConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile})
-	if err != nil {
-		return cli.WithCode(exitUsage, err)
-	}
-	authz, err := mtls.NewAuthorizer(roles(cfg.Authorization), mtls.DefaultMethodRoles(), logger)
 	if err != nil {
 		return cli.WithCode(exitUsage, err)
 	}

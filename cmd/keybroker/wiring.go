@@ -96,9 +96,21 @@ func buildRegions(cfg *config.Config, logger *slog.Logger) ([]*akv.Wrapper, erro
 			Logger:      logger,
 		})
 		if err != nil {
-			return nil, cli.WithCode(exitUsage, fmt.Errorf("azure.regions[%d] (%s): %w", i, r.Name, err))
+			return nil, cli.WithCode(exitUsage, fmt.Errorf("%s: %w", regionKeys(i, r), err))
 		}
 		regions = append(regions, w)
 	}
 	return regions, nil
+}
+
+// regionKeys names, for a message, the configuration keys that made region
+// i: azure.key_id and azure.vault_url when the file lists no regions.
+func regionKeys(i int, r config.Region) string {
+	if r.Implied {
+		if r.VaultURL != "" {
+			return "azure.key_id or azure.vault_url"
+		}
+		return "azure.key_id"
+	}
+	return fmt.Sprintf("azure.regions[%d] (%s)", i, r.Name)
 }

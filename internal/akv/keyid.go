@@ -73,7 +73,7 @@ func ParseKeyID(s string, env Environment) (KeyID, error) {
 		return KeyID{}, keyIDErr(s, "host is an IP address: give the vault's host name, %s", keyIDForm)
 	}
 	if strings.Contains(host, ":") {
-		return KeyID{}, keyIDErr(s, "has a port: remove it (a key identifier names the vault, not an endpoint; set Config.Endpoint to reach a vault elsewhere)")
+		return KeyID{}, keyIDErr(s, "has a port: remove it (a key identifier names the vault, not an endpoint; to reach the vault through another host or port, such as a private endpoint, set vault_url)")
 	}
 	host = strings.ToLower(host)
 	vault, hsm, err := splitVaultHost(s, host, env)

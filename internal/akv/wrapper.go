@@ -203,13 +203,13 @@ func New(cfg Config) (*Wrapper, error) {
 func parseEndpoint(s string, env Environment) (endpoint, host string, err error) {
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" {
-		return "", "", fmt.Errorf("%w: Endpoint %q is not a URL: give https://{vault}.{suffix}/", ErrConfig, clip(s, 200))
+		return "", "", fmt.Errorf("%w: vault_url %q is not a URL: give https://{vault}.{suffix}/", ErrConfig, clip(s, 200))
 	}
 	if u.Scheme != "https" {
-		return "", "", fmt.Errorf("%w: Endpoint %q must use https", ErrConfig, clip(s, 200))
+		return "", "", fmt.Errorf("%w: vault_url %q must use https", ErrConfig, clip(s, 200))
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return "", "", fmt.Errorf("%w: Endpoint %q must be only scheme, host and port, e.g. https://myvault.vault.azure.net/", ErrConfig, clip(s, 200))
+		return "", "", fmt.Errorf("%w: vault_url %q must be only scheme, host and port, e.g. https://myvault.vault.azure.net/", ErrConfig, clip(s, 200))
 	}
 	if env.Name != EnvCustom {
 		h := strings.ToLower(u.Hostname())
@@ -218,7 +218,7 @@ func parseEndpoint(s string, env Environment) (endpoint, host string, err error)
 			err = checkVaultName(vault)
 		}
 		if err != nil || u.Port() != "" {
-			return "", "", fmt.Errorf("%w: Endpoint %q is not a vault host of %s: a private endpoint keeps the vault's own name (private DNS resolves it), so give https://{vault}.%s/", ErrConfig, clip(s, 200), env.Name, env.VaultSuffix)
+			return "", "", fmt.Errorf("%w: vault_url %q is not a vault host of %s: a private endpoint keeps the vault's own name (private DNS resolves it), so give https://{vault}.%s/", ErrConfig, clip(s, 200), env.Name, env.VaultSuffix)
 		}
 	}
 	return "https://" + strings.ToLower(u.Host) + "/", strings.ToLower(u.Host), nil
@@ -274,15 +274,15 @@ func versionOf(full string) string {
 // stateFrom checks the vault's key bundle and turns it into a keyState.
 func (w *Wrapper) stateFrom(b azkeys.KeyBundle) (*keyState, error) {
 	if b.Key == nil || b.Key.KID == nil {
-		return nil, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: errors.New("the vault's answer has no key identifier: check Endpoint and any proxy in between")}
+		return nil, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: errors.New("the vault's answer has no key identifier: check vault_url and any proxy in between")}
 	}
 	kidHost, name, version, ok := splitKID(string(*b.Key.KID))
 	if !ok || !strings.EqualFold(name, w.id.Name) || checkVersion(version) != nil || version == "" ||
 		(w.id.Version != "" && version != w.id.Version) {
-		return nil, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: fmt.Errorf("the vault answered with key identifier %q, not a version of the configured key: check Endpoint and any proxy in between", clip(string(*b.Key.KID), 200))}
+		return nil, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: fmt.Errorf("the vault answered with key identifier %q, not a version of the configured key: check vault_url and any proxy in between", clip(string(*b.Key.KID), 200))}
 	}
 	if vault, _, err := splitVaultHost("", kidHost, w.env); err == nil && vault != "" && kidHost != w.id.Host {
-		return nil, &kek.Error{Kind: kek.KindInvalidInput, Code: "WrongVault", Err: fmt.Errorf("the endpoint serves vault %s, not %s: Endpoint must reach the key's own vault", kidHost, w.id.Host)}
+		return nil, &kek.Error{Kind: kek.KindInvalidInput, Code: "WrongVault", Err: fmt.Errorf("the endpoint serves vault %s, not %s: vault_url must reach the key's own vault", kidHost, w.id.Host)}
 	}
 	info := kek.KeyInfo{KeyID: w.id.WithVersion(version).String()}
 	if a := b.Attributes; a != nil {
@@ -391,7 +391,7 @@ func (w *Wrapper) WrapKey(ctx context.Context, key []byte) ([]kek.Wrapped, error
 		return nil, w.fail(ctx, opWrap, kid, err)
 	}
 	if len(resp.Result) == 0 {
-		return nil, w.fail(ctx, opWrap, kid, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: errors.New("the vault answered wrapKey without a result: check Endpoint and any proxy in between")})
+		return nil, w.fail(ctx, opWrap, kid, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: errors.New("the vault answered wrapKey without a result: check vault_url and any proxy in between")})
 	}
 	if resp.KID != nil {
 		// The vault says which version wrapped; it is the one asked for, but
@@ -524,7 +524,7 @@ func (w *Wrapper) unwrapOne(ctx context.Context, id KeyID, c kek.Wrapped) ([]byt
 		return nil, w.fail(ctx, opUnwrap, id, err)
 	}
 	if len(resp.Result) == 0 {
-		return nil, w.fail(ctx, opUnwrap, id, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: errors.New("the vault answered unwrapKey without a result: check Endpoint and any proxy in between")})
+		return nil, w.fail(ctx, opUnwrap, id, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: errors.New("the vault answered unwrapKey without a result: check vault_url and any proxy in between")})
 	}
 	w.log.LogAttrs(ctx, slog.LevelDebug, "akv: unwrapped", slog.String("op", opUnwrap), slog.String("version", id.Version))
 	return resp.Result, nil

@@ -154,13 +154,13 @@ func (b *Broker) check(ctx context.Context, started func()) (Event, error) {
 	case len(ok) == 0:
 		err = checkError(failed)
 		if !paused {
-			b.transition(StateDegraded, degradedReason(failed, err), nil)
+			b.transition(StateDegraded, b.degradedReason(failed, err), nil)
 		}
 	default:
 		state, reason := StateServing, "validity check passed in every region"
 		if bad := slices.Concat(revoked, failed); len(bad) > 0 {
 			err = checkError(bad)
-			state, reason = StateDegraded, degradedReason(bad, err)
+			state, reason = StateDegraded, b.degradedReason(bad, err)
 		}
 		if len(revoked) > 0 {
 			msg := fmt.Sprintf("access to the customer key is revoked in %s but not in %s: check the key's state, access policies and RBAC in every region; the broker pauses only when every region that answers denies access",
@@ -326,8 +326,8 @@ func checkError(failed []regionResult) error {
 }
 
 // degradedReason explains a check that failed in the regions bad.
-func degradedReason(bad []regionResult, err error) string {
-	r := "validity check failed in " + regionList(bad, true) + ", serving keys held in memory"
+func (b *Broker) degradedReason(bad []regionResult, err error) string {
+	r := "validity check failed in " + regionList(bad, true) + ", " + b.memoryNote()
 	if len(bad) == 1 {
 		r += ": " + err.Error()
 	}
@@ -435,7 +435,7 @@ func (b *Broker) observe(err error) {
 			return prev == StateDegraded && b.checks.latest().ok
 		})
 	case kind.IsOutage():
-		b.transition(StateDegraded, "key vault unreachable, serving keys held in memory: "+err.Error(), func(prev State) bool {
+		b.transition(StateDegraded, "key vault unreachable, "+b.memoryNote()+": "+err.Error(), func(prev State) bool {
 			return prev == StateServing
 		})
 	case kind.IsRevocation():

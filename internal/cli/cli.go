@@ -105,10 +105,14 @@ func (p *Program[E]) PrintUsage(w io.Writer) {
 // stderr. Parse it with ParseFlags.
 func NewFlagSet(stderr io.Writer, program, name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package prints a parse error before the usage; Report prints
+	// it again with the exit code. Discard the first so it reads once.
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: %s %s %s\n\nflags:\n", program, name, synopsis)
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	return fs
 }
@@ -120,7 +124,7 @@ func ParseFlags(fs *flag.FlagSet, args []string) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return WithCode(ExitUsage, err)
+		return WithCode(ExitUsage, fmt.Errorf("%s: %w (the flags are listed above)", fs.Name(), err))
 	}
 	if fs.NArg() > 0 {
 		return UsageErrorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))

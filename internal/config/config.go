@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,11 @@ type Config struct {
 type Keystore struct {
 	Dir        string `yaml:"dir"`         // required
 	DefaultKey string `yaml:"default_key"` // default "master"
+	// RequireMount, when set, is a path that must be a mount point for init
+	// and serve to run: the data volume keystore.dir lives on. It keeps a
+	// bootstrap script run before the volume is mounted from creating a new
+	// master key on the root disk.
+	RequireMount string `yaml:"require_mount"`
 }
 
 // Listen says where the gRPC service listens. At least one is required.
@@ -113,6 +119,11 @@ type Region struct {
 	VaultURL string   `yaml:"vault_url"` // public vault URL or private endpoint; default the key's vault
 	KeyID    string   `yaml:"key_id"`    // default the azure.key_id
 	Timeout  Duration `yaml:"timeout"`
+
+	// Implied is set on the one region made from azure.key_id and
+	// azure.vault_url when the file lists no regions, so messages name
+	// those keys rather than a regions list the operator never wrote.
+	Implied bool `yaml:"-"`
 }
 
 // FailoverCfg tunes the regional failover wrapper.
@@ -355,7 +366,7 @@ func (c *Config) fillDefaults() {
 		c.Log.Format = "json"
 	}
 	if len(c.Azure.Regions) == 0 && c.Azure.KeyID != "" {
-		c.Azure.Regions = []Region{{Name: "primary", VaultURL: c.Azure.VaultURL, KeyID: c.Azure.KeyID}}
+		c.Azure.Regions = []Region{{Name: "primary", VaultURL: c.Azure.VaultURL, KeyID: c.Azure.KeyID, Implied: true}}
 	}
 	for i := range c.Azure.Regions {
 		r := &c.Azure.Regions[i]
@@ -418,6 +429,7 @@ func (v *validator) required(path, val, hint string) {
 
 func (v *validator) check(c *Config) {
 	v.required("keystore.dir", c.Keystore.Dir, "the directory that holds the wrapped master keys")
+	v.checkRequireMount(c.Keystore)
 	if c.Listen.Address == "" && c.Listen.Unix == "" {
 		v.addf("listen", "missing: set listen.address (host:port) or listen.unix (socket path), or both")
 	}
@@ -532,5 +544,28 @@ func (v *validator) checkRotation(r *Rotation) {
 	}
 	if d := r.CMKCopyRetention.D(); d != 0 && d < time.Hour {
 		v.addf("rotation.cmk_copy_retention", "%s is too short: at least 1h, or 0 to keep the old copies until keybroker rotate-cmk --finalize", d)
+	}
+}
+
+// checkRequireMount checks that keystore.require_mount is an absolute path
+// holding keystore.dir; whether it is mounted is checked when it is used.
+func (v *validator) checkRequireMount(k Keystore) {
+	m := k.RequireMount
+	if m == "" {
+		return
+	}
+	if !filepath.IsAbs(m) {
+		v.addf("keystore.require_mount", "%q is not an absolute path: give the mount point of the volume keystore.dir lives on, e.g. /var/lib/keybroker", m)
+		return
+	}
+	if k.Dir == "" {
+		return
+	}
+	dir, err := filepath.Abs(k.Dir)
+	if err != nil {
+		return
+	}
+	if rel, err := filepath.Rel(filepath.Clean(m), dir); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		v.addf("keystore.require_mount", "keystore.dir %s is not on %s: set require_mount to the mount point of the volume that holds keystore.dir", k.Dir, m)
 	}
 }

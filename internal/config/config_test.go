@@ -68,6 +68,9 @@ func TestParseErrors(t *testing.T) {
 		{"wrong type", strings.Replace(valid, "  engine: [spiffe://keybroker.dev/engine]", "  engine: {a: b}", 1), []string{"line 11"}},
 		{"duplicate region", strings.Replace(valid, "cache:", "  regions:\n  - {name: a}\n  - {name: a}\ncache:", 1), []string{`"a" is listed twice`}},
 		{"oversize", strings.Repeat("#", MaxSize+1), []string{"more than"}},
+		{"require_mount relative", strings.Replace(valid, "  dir: /var/lib/keybroker\n", "  dir: /var/lib/keybroker\n  require_mount: data\n", 1), []string{"line 3", "keystore.require_mount", "not an absolute path"}},
+		{"require_mount not holding dir", strings.Replace(valid, "  dir: /var/lib/keybroker\n", "  dir: /var/lib/keybroker\n  require_mount: /srv/data\n", 1), []string{"line 3", "keystore.dir /var/lib/keybroker is not on /srv/data"}},
+		{"require_mount sibling prefix", strings.Replace(valid, "  dir: /var/lib/keybroker\n", "  dir: /var/lib/keybroker\n  require_mount: /var/lib/key\n", 1), []string{"is not on /var/lib/key"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -220,8 +220,8 @@ func (a *Authorizer) Authorize(ctx context.Context, fullMethod string) (context.
 	a.log.WarnContext(ctx, "mtls: call refused: no role allows it",
 		"identity", ids, "roles", a.rolesOf(ids), "method", fullMethod, "need_role", need, "peer", addr)
 	return ctx, status.Errorf(codes.PermissionDenied,
-		"client %s may not call %s: it needs role %q; grant it in the broker's roles config",
-		strings.Join(ids, ", "), fullMethod, need)
+		"client %s may not call %s: it needs role %q; list the identity under authorization.%s in the broker's configuration file and restart the broker",
+		strings.Join(ids, ", "), fullMethod, need, need)
 }
 
 func (a *Authorizer) rolesOf(ids []string) []string {
