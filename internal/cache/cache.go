@@ -625,3 +625,27 @@ func (c *Cache) Stats() Stats {
 		Evictions:   c.evictions.Load(),
 	}
 }
+
+// UseAttached is Use for state derived from the key (an AEAD): derive makes
+// it once per cached key, it is wiped with the key, and f gets it under the
+// key's read lock. derive's error is returned as is.
+func (c *Cache) UseAttached(ctx context.Context, id string, derive func(key []byte) (secret.Attachment, error), f func(secret.Attachment)) (Info, error) {
+	const attempts = 3
+	for range attempts {
+		k, info, err := c.GetInfo(ctx, id)
+		if err != nil {
+			return Info{}, err
+		}
+		if c.afterLookup != nil {
+			c.afterLookup()
+		}
+		ok, err := k.UseAttached(derive, f)
+		if err != nil {
+			return Info{}, err
+		}
+		if ok {
+			return info, nil
+		}
+	}
+	return Info{}, fmt.Errorf("%w: key %q was wiped %d times between lookup and use (purged or evicted under load); retry", ErrWiped, id, attempts)
+}

@@ -25,6 +25,8 @@ type Bytes struct {
 	b      []byte
 	locked bool
 	wiped  bool
+	// attached is derived from b (UseAttached) and wiped with it.
+	attached Attachment
 }
 
 // New copies b into a new Bytes. The caller keeps b and should clear it.
@@ -90,6 +92,10 @@ func (s *Bytes) Wipe() {
 		return
 	}
 	clear(s.b)
+	if s.attached != nil {
+		s.attached.Wipe()
+		s.attached = nil
+	}
 	if s.locked {
 		unlock(s.b)
 	}
