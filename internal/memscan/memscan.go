@@ -129,6 +129,9 @@ type Hit struct {
 	Name  string
 	Count int
 	Where []string // "0xADDR path" of up to 4 copies
+	// Before holds, for the same copies, up to 48 bytes that precede
+	// each one (quoted), to tell what structure holds it.
+	Before []string
 }
 
 // Result is what one scan found.
@@ -230,6 +233,7 @@ func scanRegion(mem io.ReaderAt, reg Region, buf []byte, size, maxLen int, needl
 					hits[i].Count++
 					if len(hits[i].Where) < 4 {
 						hits[i].Where = append(hits[i].Where, fmt.Sprintf("%#x %s", base+uint64(at), regionName(reg)))
+						hits[i].Before = append(hits[i].Before, escape(data[max(0, at-48):at]))
 					}
 				}
 				from = at + 1
@@ -244,6 +248,22 @@ func scanRegion(mem io.ReaderAt, reg Region, buf []byte, size, maxLen int, needl
 		}
 	}
 	return true
+}
+
+// escape renders b with printable ASCII kept and other bytes as \xNN,
+// without ever converting b to a string (which would leave a raw copy of
+// whatever b holds behind in this process).
+func escape(b []byte) string {
+	const hexDigits = "0123456789abcdef"
+	out := make([]byte, 0, 4*len(b))
+	for _, c := range b {
+		if c >= 0x20 && c < 0x7f && c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		out = append(out, '\\', 'x', hexDigits[c>>4], hexDigits[c&15])
+	}
+	return string(out)
 }
 
 func regionName(r Region) string {

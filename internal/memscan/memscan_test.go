@@ -100,8 +100,9 @@ func TestScanRegionBorders(t *testing.T) {
 	}
 }
 
-// TestScanSelf reads this process's own memory: a planted copy of a needle
-// is counted, and Locked reads VmLck.
+// TestScanSelf reads this process's own memory, where planted copies of a
+// needle must be found. (Exact counts are for TestScanRegionBorders: in its
+// own process a scan also meets the copies its read buffer makes.)
 func TestScanSelf(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("memscan reads /proc")
@@ -110,29 +111,20 @@ func TestScanSelf(t *testing.T) {
 	if _, err := rand.Read(needle); err != nil {
 		t.Fatal(err)
 	}
-	count := func() int {
-		res, err := Scan(os.Getpid(), []Needle{{Name: "probe", Bytes: needle}})
-		if err != nil {
-			t.Fatalf("Scan(self) err = %v, want nil", err)
-		}
-		if res.RegionsRead == 0 || res.BytesScanned == 0 {
-			t.Fatalf("Scan(self) read %d regions, %d bytes; want some", res.RegionsRead, res.BytesScanned)
-		}
-		return res.Total()
-	}
-	before := count() // the needle itself, and whatever rand left behind
 	plant := make([]byte, 3*len(needle))
 	copy(plant[5:], needle)
 	copy(plant[5+len(needle)+3:], needle)
-	after := count()
-	if after != before+2 {
-		t.Errorf("Scan(self) = %d copies after planting 2, want %d", after, before+2)
+	res, err := Scan(os.Getpid(), []Needle{{Name: "probe", Bytes: needle}})
+	if err != nil {
+		t.Fatalf("Scan(self) err = %v, want nil", err)
 	}
-	clear(plant)
+	if res.RegionsRead == 0 || res.BytesScanned == 0 {
+		t.Fatalf("Scan(self) read %d regions, %d bytes; want some", res.RegionsRead, res.BytesScanned)
+	}
+	if n := res.Total(); n < 3 {
+		t.Errorf("Scan(self) = %d copies, want at least 3 (the needle and 2 planted)", n)
+	}
 	runtime.KeepAlive(plant)
-	if n := count(); n != before {
-		t.Errorf("Scan(self) = %d copies after clearing the plants, want %d", n, before)
-	}
 	if _, err := Locked(os.Getpid()); err != nil {
 		t.Errorf("Locked(self) err = %v, want nil", err)
 	}
