@@ -513,6 +513,7 @@ func (c *Cache) retire(id string, e *entry, reason EvictReason) {
 		return
 	}
 	e.key.Wipe()
+	collectSoon()
 	c.evictions.Add(1)
 	c.log.Debug("cache: key wiped", "key_id", id, "reason", reason.String())
 	if c.onEvict != nil {
@@ -582,6 +583,9 @@ func (c *Cache) Purge() { c.purge(EvictPurged, false) }
 func (c *Cache) Close() { c.purge(EvictClosed, true) }
 
 func (c *Cache) purge(reason EvictReason, closing bool) {
+	// After the keys are wiped and the lock released: collect, so that
+	// temporaries allocated under runtime/secret are erased now.
+	defer collect()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if closing {
