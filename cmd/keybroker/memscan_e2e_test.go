@@ -189,6 +189,28 @@ func wantEveryKey(t *testing.T, res memscan.Result, keys memscanKeys, when strin
 	}
 }
 
+// wantLocked fails the test when a raw copy of a key found while serving
+// lies outside the mappings with locked pages: keys, key schedules and
+// encoded replies live in locked pages (secret.Page) where the OS allows.
+func (c *memscanChild) wantLocked(t *testing.T, res memscan.Result) {
+	t.Helper()
+	locked, err := memscan.LockedRanges(c.cmd.Process.Pid)
+	if err != nil {
+		t.Fatalf("LockedRanges err = %v", err)
+	}
+	t.Logf("%d mappings with locked pages", len(locked))
+	for _, h := range res.Hits {
+		if !strings.Contains(h.Name, " raw") {
+			continue
+		}
+		for _, a := range h.Addrs {
+			if !memscan.In(a, locked) {
+				t.Errorf("%s at %#x is not in locked memory", h.Name, a)
+			}
+		}
+	}
+}
+
 // exercise calls every key-carrying RPC *memscanCalls times over several
 // master-key versions and a CMK rotation, and returns the keys served.
 func exercise(t *testing.T, h *harness) memscanKeys {
@@ -301,7 +323,9 @@ func TestMemoryScanPause(t *testing.T) {
 	h := newMemscanHarness(t, "")
 	c := startMemscanChild(t, h)
 	keys := exercise(t, h)
-	wantEveryKey(t, c.scan(t, keys, "while serving"), keys, "while serving")
+	serving := c.scan(t, keys, "while serving")
+	wantEveryKey(t, serving, keys, "while serving")
+	c.wantLocked(t, serving)
 
 	ctx := ctxT(t, time.Minute)
 	if err := h.emu.Control().RevokeAccess(ctx, h.info.ClientID, akvemu.DefaultVaultHost, "ForbiddenByRbac"); err != nil {

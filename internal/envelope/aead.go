@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/keybroker/keybroker/internal/secret"
 )
 
 // AEAD is the AES-256-GCM of one master-key version, made once and used for
@@ -20,6 +22,10 @@ import (
 type AEAD struct {
 	aead  cipher.AEAD
 	state [][]byte // the pointer-free memory holding the key schedule
+	// page is the locked page the key schedule was moved to (secret.Page),
+	// nil when it stayed on the heap.
+	page   []byte
+	locked bool
 }
 
 // NewAEAD makes the AEAD of masterKey, which must be KeySize bytes. The
@@ -43,8 +49,40 @@ func NewAEAD(masterKey []byte) (*AEAD, error) {
 	a := &AEAD{aead: aead}
 	if st := valueMemory(aead); st != nil {
 		a.state = append(a.state, st)
+		a.moveToPage()
 	}
 	return a, nil
+}
+
+// moveToPage moves the key schedule into a locked page of its own, so it
+// never reaches swap: the GCM value is a pointer to pointer-free memory, so
+// a copy of that memory behind a new pointer is the same cipher. The heap
+// copy is zeroed. Nothing changes when no page is available.
+func (a *AEAD) moveToPage() {
+	st := a.state[0]
+	rv := reflect.ValueOf(a.aead)
+	if rv.Kind() != reflect.Struct || rv.NumField() != 1 || rv.Field(0).Kind() != reflect.Pointer {
+		return
+	}
+	page, locked := secret.Page()
+	if page == nil {
+		return
+	}
+	if len(st) > len(page) {
+		secret.Release(page, locked)
+		return
+	}
+	moved := reflect.New(rv.Type()).Elem()
+	copy(page, st)
+	*(*unsafe.Pointer)(unsafe.Pointer(moved.Field(0).UnsafeAddr())) = unsafe.Pointer(&page[0])
+	aead, ok := moved.Interface().(cipher.AEAD)
+	if !ok {
+		clear(page)
+		secret.Release(page, locked)
+		return
+	}
+	clear(st)
+	a.aead, a.state, a.page, a.locked = aead, [][]byte{page[:len(st)]}, page, locked
 }
 
 // Seal is the package's Seal with this AEAD's key.
@@ -65,7 +103,11 @@ func (a *AEAD) Wipe() {
 	for _, b := range a.state {
 		clear(b)
 	}
-	a.aead = nil
+	a.aead, a.state = nil, nil
+	if a.page != nil {
+		secret.Release(a.page, a.locked)
+		a.page = nil
+	}
 }
 
 // Wipeable reports whether Wipe reaches the key schedule on this platform

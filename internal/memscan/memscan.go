@@ -132,6 +132,8 @@ type Hit struct {
 	// Before holds, for the same copies, up to 48 bytes that precede
 	// each one (quoted), to tell what structure holds it.
 	Before []string
+	// Addrs are the addresses of every copy.
+	Addrs []uint64
 }
 
 // Result is what one scan found.
@@ -231,6 +233,7 @@ func scanRegion(mem io.ReaderAt, reg Region, buf []byte, size, maxLen int, needl
 				at := from + j
 				if at+len(nd.Bytes) > carry {
 					hits[i].Count++
+					hits[i].Addrs = append(hits[i].Addrs, base+uint64(at))
 					if len(hits[i].Where) < 4 {
 						hits[i].Where = append(hits[i].Where, fmt.Sprintf("%#x %s", base+uint64(at), regionName(reg)))
 						hits[i].Before = append(hits[i].Before, escape(data[max(0, at-48):at]))
@@ -292,4 +295,43 @@ func Locked(pid int) (uint64, error) {
 		return n << 10, nil
 	}
 	return 0, errors.New("memscan: no VmLck line in /proc/PID/status")
+}
+
+// LockedRanges returns the mappings of process pid that have locked pages
+// (a "Locked:" line above 0 kB in /proc/PID/smaps).
+func LockedRanges(pid int) ([]Region, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return nil, fmt.Errorf("memscan: %w", err)
+	}
+	var out []Region
+	var cur Region
+	have := false
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimRight(line, "\n")
+		if rest, ok := strings.CutPrefix(line, "Locked:"); ok {
+			kb, _, _ := strings.Cut(strings.TrimSpace(rest), " ")
+			if n, err := strconv.ParseUint(kb, 10, 64); err == nil && n > 0 && have {
+				out = append(out, cur)
+			}
+			continue
+		}
+		// A mapping line starts with a hex range; field lines with "Name:".
+		if f := strings.Fields(line); len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			if r, err := parseLine(line); err == nil {
+				cur, have = r, true
+			}
+		}
+	}
+	return out, nil
+}
+
+// In reports whether addr lies in one of regions.
+func In(addr uint64, regions []Region) bool {
+	for _, r := range regions {
+		if addr >= r.Start && addr < r.End {
+			return true
+		}
+	}
+	return false
 }

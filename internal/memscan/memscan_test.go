@@ -129,3 +129,16 @@ func TestScanSelf(t *testing.T) {
 		t.Errorf("Locked(self) err = %v, want nil", err)
 	}
 }
+
+func TestLockedRangesSelf(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("memscan reads /proc")
+	}
+	if _, err := LockedRanges(os.Getpid()); err != nil {
+		t.Fatalf("LockedRanges(self) err = %v, want nil", err)
+	}
+	regs := []Region{{Start: 0x1000, End: 0x2000}}
+	if !In(0x1000, regs) || In(0x2000, regs) || In(0xfff, regs) {
+		t.Errorf("In() bounds are not [Start, End)")
+	}
+}

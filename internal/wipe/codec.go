@@ -11,9 +11,10 @@ import (
 // Codec is a gRPC codec for protobuf (registered under the name "proto",
 // for grpc.ForceServerCodecV2) that keeps key bytes out of reused memory:
 // every message is encoded into Pool, which zeroes buffers when gRPC
-// releases them; a message Secret reports is encoded into Pool whatever its
-// size (grpc-go's own codec puts small messages in plain garbage), and
-// Scrub clears its key fields once encoded; and the wire bytes of a
+// releases them; a message Secret reports is encoded into a locked page
+// (secret.Page) where the OS allows, else into Pool, whatever its size
+// (grpc-go's own codec puts small messages in plain garbage), and Scrub
+// clears its key fields once encoded; and the wire bytes of a
 // received message Secret reports are zeroed once decoded. It is safe for
 // concurrent use.
 type Codec struct {
@@ -63,8 +64,17 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 		}
 		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 	}
-	p := c.pool()
-	buf := p.Get(size)
+	var p mem.BufferPool = c.pool()
+	var buf *[]byte
+	if secret {
+		// A locked page, when the OS gives one (RLIMIT_MEMLOCK).
+		if b := (pagePool{}).getPage(size); b != nil {
+			buf, p = b, pagePool{}
+		}
+	}
+	if buf == nil {
+		buf = p.Get(size)
+	}
 	out, err := opts.MarshalAppend((*buf)[:0], m)
 	if secret && c.Scrub != nil {
 		c.Scrub(v)

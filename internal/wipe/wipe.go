@@ -17,6 +17,8 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/mem"
+
+	"github.com/keybroker/keybroker/internal/secret"
 )
 
 // Pool is a mem.BufferPool whose buffers are zeroed, over their whole
@@ -108,4 +110,48 @@ func (c *Conn) Write(b []byte) (n int, err error) {
 	Do(func() { n, err = c.Conn.Write(b) })
 	clear(b)
 	return n, err
+}
+
+// pagePool is the mem.BufferPool of buffers that are locked pages
+// (secret.Page): key-carrying replies are encoded into one, so the encoded
+// key stays in locked memory until gRPC has written it.
+type pagePool struct{}
+
+// getPage returns a locked page cut to n bytes, or nil when n is over a
+// page or the OS gives no locked page.
+func (pagePool) getPage(n int) *[]byte {
+	if n > secret.PageSize() {
+		return nil
+	}
+	p, locked := secret.Page()
+	if p == nil {
+		return nil
+	}
+	if !locked {
+		secret.Release(p, false)
+		return nil
+	}
+	b := p[:n]
+	return &b
+}
+
+// Get is not used: buffers come from getPage.
+func (pp pagePool) Get(n int) *[]byte {
+	if b := pp.getPage(n); b != nil {
+		return b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// Put zeroes the page and keeps it locked for reuse.
+func (pagePool) Put(b *[]byte) {
+	if b == nil {
+		return
+	}
+	if cap(*b) != secret.PageSize() {
+		clear((*b)[:cap(*b)])
+		return
+	}
+	secret.Release(*b, true)
 }
