@@ -54,6 +54,9 @@ func newKeyOpTransport(base *http.Client) *keyOpTransport {
 		dial = d.DialContext
 	}
 	tlsCfg := tr.TLSClientConfig
+	// Resumed handshakes skip the certificate exchange: one connection per
+	// key operation then costs little more than a round trip.
+	sessions := tls.NewLRUClientSessionCache(64)
 	ko.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		raw, err := dial(ctx, network, addr)
 		if err != nil {
@@ -73,6 +76,9 @@ func newKeyOpTransport(base *http.Client) *keyOpTransport {
 			cfg.ServerName = host
 		}
 		cfg.NextProtos = []string{"http/1.1"}
+		if cfg.ClientSessionCache == nil {
+			cfg.ClientSessionCache = sessions
+		}
 		tc := tls.Client(raw, cfg)
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
