@@ -32,9 +32,11 @@ FUZZ_TARGETS ?= \
 	./cmd/kbload:FuzzParseDevInfo \
 	./cmd/kbload:FuzzCPUModel \
 	./internal/kek/kektest:FuzzFakeUnwrapKey \
-	./internal/akvemu:FuzzState
+	./internal/akvemu:FuzzState \
+	./internal/memscan:FuzzParseMaps \
+	./internal/akv:FuzzTakeValue
 
-.PHONY: all build run deps test test-go lint fmt vet staticcheck generate generate-check fuzz fuzz-ci bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean
+.PHONY: all build run deps test test-go lint fmt vet staticcheck generate generate-check fuzz fuzz-ci bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean test-memory test-memory-ci
 
 all: build
 
@@ -47,7 +49,7 @@ run: build
 
 ## test: what CI runs: generated code up to date, lint, unit and integration tests (race detector, every
 ## fuzz target's seed corpus), a short fuzz of the main parsers, a one-minute soak.
-test: deps generate-check lint test-go fuzz-ci soak-ci
+test: deps generate-check lint test-go fuzz-ci soak-ci test-memory-ci
 
 ## deps: installs the Debian packages listed in .ci/apt-packages that are missing (needs root, as on CI).
 deps:
@@ -149,3 +151,15 @@ FUZZ_TARGETS += ./internal/mount:FuzzParseMountInfo
 ## check-rules: Prometheus's promtool (pinned in tools/promtool/go.mod) checks the example alert rules.
 check-rules:
 	$(GO) tool -modfile=tools/promtool/go.mod promtool check rules deploy/prometheus/keybroker-rules.yaml
+# The memory-scan tests build with runtime/secret (docs/memory.md): the
+# broker they start is the test binary, so it must carry the experiment.
+MEMSCAN_GOEXPERIMENT ?= runtimesecret
+MEMSCAN_CALLS ?= 3000
+
+## test-memory-ci: the memory-scan tests as make test runs them (150 calls of each key RPC per scan).
+test-memory-ci:
+	GOEXPERIMENT=$(MEMSCAN_GOEXPERIMENT) $(GO) test -count=1 -timeout 10m -run '^TestMemoryScan' ./cmd/keybroker/
+
+## test-memory: the memory-scan tests with MEMSCAN_CALLS calls of each key RPC per scan, verbose.
+test-memory:
+	GOEXPERIMENT=$(MEMSCAN_GOEXPERIMENT) $(GO) test -count=1 -timeout 30m -v -run '^TestMemoryScan' ./cmd/keybroker/ -args -memscan-calls=$(MEMSCAN_CALLS)

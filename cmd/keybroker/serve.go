@@ -23,6 +23,7 @@ import (
 	"github.com/keybroker/keybroker/internal/config"
 	"github.com/keybroker/keybroker/internal/keystore"
 	"github.com/keybroker/keybroker/internal/mtls"
+	"github.com/keybroker/keybroker/internal/wipe"
 )
 
 // shutdownGrace bounds how long a SIGTERM waits for RPCs in flight.
@@ -182,7 +183,8 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	defer startRotation(ctx, b, logger)() // rotatecmk.go: CMK rewrap at start, then the rotation scheduler
 
 	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.Creds(wipe.Creds(credentials.NewTLS(tlsCfg))),
+		grpc.ForceServerCodecV2(wipe.NewCodec(broker.SecretMessage, broker.ScrubMessage)),
 		grpc.ChainUnaryInterceptor(authz.UnaryInterceptor(), b.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(authz.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(64<<10),

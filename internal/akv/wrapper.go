@@ -159,6 +159,7 @@ func New(cfg Config) (*Wrapper, error) {
 	verify := verifyChallengeResource(host)
 	opts := &azkeys.ClientOptions{
 		ClientOptions: azcore.ClientOptions{
+			PerRetryPolicies: []policy.Policy{scrubPolicy{}},
 			Retry: policy.RetryOptions{
 				MaxRetries:    retries(cfg.MaxRetries),
 				TryTimeout:    orDefault(cfg.Timeout, defaultTimeout),
@@ -168,9 +169,7 @@ func New(cfg Config) (*Wrapper, error) {
 		},
 		DisableChallengeResourceVerification: !verify,
 	}
-	if hc != nil {
-		opts.Transport = hc
-	}
+	opts.Transport = newKeyOpTransport(hc)
 	client, err := azkeys.NewClient(endpoint, cfg.Credential, opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
@@ -434,13 +433,12 @@ func (w *Wrapper) wrapLocally(ctx context.Context, kid KeyID, st *keyState, key 
 		if err := ctx.Err(); err != nil {
 			return nil, w.fail(ctx, opWrap, kid, err)
 		}
-		alg := st.alg
-		resp, err := w.client.UnwrapKey(ctx, kid.Name, kid.Version, azkeys.KeyOperationParameters{Algorithm: &alg, Value: ct}, nil)
+		got, err := w.unwrapCall(ctx, kid, st.alg, ct)
 		if err != nil {
 			return nil, w.fail(ctx, opWrap, kid, err)
 		}
-		ok := subtle.ConstantTimeCompare(resp.Result, key) == 1
-		clear(resp.Result)
+		ok := subtle.ConstantTimeCompare(got, key) == 1
+		clear(got)
 		if !ok {
 			return nil, w.fail(ctx, opWrap, kid, &kek.Error{Kind: kek.KindUnknown, Code: "PublicKeyMismatch",
 				Err: errors.New("the vault did not unwrap what the key's public key wrapped: the cached public key is not this key's; local wrapping is refused")})
@@ -519,15 +517,32 @@ func (w *Wrapper) unwrapOne(ctx context.Context, id KeyID, c kek.Wrapped) ([]byt
 		return nil, w.fail(ctx, opUnwrap, id, err)
 	}
 	alg := azkeys.EncryptionAlgorithm(c.Algorithm)
-	resp, err := w.client.UnwrapKey(ctx, id.Name, id.Version, azkeys.KeyOperationParameters{Algorithm: &alg, Value: c.Ciphertext}, nil)
+	key, err := w.unwrapCall(ctx, id, alg, c.Ciphertext)
 	if err != nil {
 		return nil, w.fail(ctx, opUnwrap, id, err)
 	}
-	if len(resp.Result) == 0 {
+	if len(key) == 0 {
 		return nil, w.fail(ctx, opUnwrap, id, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: errors.New("the vault answered unwrapKey without a result: check vault_url and any proxy in between")})
 	}
 	w.log.LogAttrs(ctx, slog.LevelDebug, "akv: unwrapped", slog.String("op", opUnwrap), slog.String("version", id.Version))
-	return resp.Result, nil
+	return key, nil
+}
+
+// unwrapCall asks the vault to unwrap ct. The key comes out of the answer
+// through scrubPolicy, never through azkeys' decoded copy, which holds
+// zeros; the caller owns and clears the result.
+func (w *Wrapper) unwrapCall(ctx context.Context, id KeyID, alg azkeys.EncryptionAlgorithm, ct []byte) ([]byte, error) {
+	sctx, slot := withKeySlot(ctx)
+	resp, err := w.client.UnwrapKey(sctx, id.Name, id.Version, azkeys.KeyOperationParameters{Algorithm: &alg, Value: ct}, nil)
+	clear(resp.Result)
+	if err != nil {
+		clear(slot.key)
+		return nil, err
+	}
+	if slot.err != nil {
+		return nil, &kek.Error{Kind: kek.KindUnavailable, Code: "MalformedResponse", Err: slot.err}
+	}
+	return slot.key, nil
 }
 
 // fail classifies err from op on key id, logs it, forgets what a revocation

@@ -12,6 +12,7 @@ import (
 	"github.com/keybroker/keybroker/internal/envelope"
 	"github.com/keybroker/keybroker/internal/kek"
 	"github.com/keybroker/keybroker/internal/keystore"
+	"github.com/keybroker/keybroker/internal/secret"
 	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
 
@@ -54,9 +55,10 @@ func (b *Broker) WrapDEK(ctx context.Context, req *keybrokerv1.WrapDEKRequest) (
 	}
 	var blob []byte
 	var sealErr error
-	err = b.useKey(ctx, v, func(mk []byte) {
-		blob, sealErr = envelope.Seal(mk, envelope.Header{KeyID: k.ID, VersionID: v.ID}, req.GetDek(), req.GetAssociatedData())
+	err = b.useAEAD(ctx, v, func(a *envelope.AEAD) {
+		blob, sealErr = a.Seal(envelope.Header{KeyID: k.ID, VersionID: v.ID}, req.GetDek(), req.GetAssociatedData())
 	})
+	clear(req.GetDek())
 	if err != nil {
 		return nil, b.toStatus(ctx, method, err)
 	}
@@ -93,8 +95,8 @@ func (b *Broker) RewrapDEK(ctx context.Context, req *keybrokerv1.RewrapDEKReques
 	}
 	var blob []byte
 	var sealErr error
-	err = b.useKey(ctx, cur, func(mk []byte) {
-		blob, sealErr = envelope.Seal(mk, envelope.Header{KeyID: k.ID, VersionID: cur.ID}, dek, req.GetAssociatedData())
+	err = b.useAEAD(ctx, cur, func(a *envelope.AEAD) {
+		blob, sealErr = a.Seal(envelope.Header{KeyID: k.ID, VersionID: cur.ID}, dek, req.GetAssociatedData())
 	})
 	if err == nil {
 		err = sealErr
@@ -138,8 +140,8 @@ func (b *Broker) openDEK(ctx context.Context, name string, blob, aad []byte) (ke
 	}
 	var dek []byte
 	var openErr error
-	err = b.useKey(ctx, v, func(mk []byte) {
-		dek, openErr = envelope.Open(mk, blob, aad)
+	err = b.useAEAD(ctx, v, func(a *envelope.AEAD) {
+		dek, openErr = a.Open(blob, aad)
 	})
 	if err != nil {
 		clear(dek)
@@ -270,6 +272,21 @@ func (b *Broker) useKey(ctx context.Context, v keystore.Version, f func(key []by
 	}
 	return err
 }
+
+// useAEAD is useKey for the AES-GCM of one master-key version: made once
+// from the cached key, held with it and wiped with it.
+func (b *Broker) useAEAD(ctx context.Context, v keystore.Version, f func(a *envelope.AEAD)) error {
+	_, err := b.cache.UseAttached(ctx, v.ID, newAttachedAEAD, func(a secret.Attachment) { f(a.(*envelope.AEAD)) })
+	if b.paused() {
+		return errPaused{reason: b.hub.current().Reason}
+	}
+	if errors.Is(err, cache.ErrPurged) || errors.Is(err, cache.ErrWiped) {
+		return fmt.Errorf("%w: the key was wiped while in use: retry", kek.ErrUnavailable)
+	}
+	return err
+}
+
+func newAttachedAEAD(key []byte) (secret.Attachment, error) { return envelope.NewAEAD(key) }
 
 func (b *Broker) paused() bool { return b.hub.current().State == StatePaused }
 

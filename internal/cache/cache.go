@@ -513,6 +513,7 @@ func (c *Cache) retire(id string, e *entry, reason EvictReason) {
 		return
 	}
 	e.key.Wipe()
+	collectSoon()
 	c.evictions.Add(1)
 	c.log.Debug("cache: key wiped", "key_id", id, "reason", reason.String())
 	if c.onEvict != nil {
@@ -582,6 +583,9 @@ func (c *Cache) Purge() { c.purge(EvictPurged, false) }
 func (c *Cache) Close() { c.purge(EvictClosed, true) }
 
 func (c *Cache) purge(reason EvictReason, closing bool) {
+	// After the keys are wiped and the lock released: collect, so that
+	// temporaries allocated under runtime/secret are erased now.
+	defer collect()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if closing {
@@ -624,4 +628,28 @@ func (c *Cache) Stats() Stats {
 		StaleServes: c.staleServes.Load(),
 		Evictions:   c.evictions.Load(),
 	}
+}
+
+// UseAttached is Use for state derived from the key (an AEAD): derive makes
+// it once per cached key, it is wiped with the key, and f gets it under the
+// key's read lock. derive's error is returned as is.
+func (c *Cache) UseAttached(ctx context.Context, id string, derive func(key []byte) (secret.Attachment, error), f func(secret.Attachment)) (Info, error) {
+	const attempts = 3
+	for range attempts {
+		k, info, err := c.GetInfo(ctx, id)
+		if err != nil {
+			return Info{}, err
+		}
+		if c.afterLookup != nil {
+			c.afterLookup()
+		}
+		ok, err := k.UseAttached(derive, f)
+		if err != nil {
+			return Info{}, err
+		}
+		if ok {
+			return info, nil
+		}
+	}
+	return Info{}, fmt.Errorf("%w: key %q was wiped %d times between lookup and use (purged or evicted under load); retry", ErrWiped, id, attempts)
 }

@@ -14,12 +14,11 @@
 //
 // Nonces are 96 random bits, so one master-key version should seal no more
 // than about 2^32 data keys (NIST SP 800-38D); rotate the master key well
-// before that. The package holds no state and is safe for concurrent use.
+// before that. The package holds no state and is safe for concurrent use;
+// an AEAD (NewAEAD) serves one master-key version for its whole life.
 package envelope
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 
@@ -86,42 +85,15 @@ func Seal(masterKey []byte, h Header, dek, aad []byte) ([]byte, error) {
 	if len(masterKey) != KeySize {
 		return nil, fmt.Errorf("%w, got %d bytes: pass the 256-bit master key", ErrKeySize, len(masterKey))
 	}
-	if err := checkID("key id", h.KeyID); err != nil {
+	if err := checkSeal(h, dek, aad); err != nil {
 		return nil, err
 	}
-	if err := checkID("version id", h.VersionID); err != nil {
-		return nil, err
-	}
-	switch {
-	case len(dek) == 0:
-		return nil, fmt.Errorf("%w: pass the data key to wrap", ErrEmptyDEK)
-	case len(dek) > MaxDEKSize:
-		return nil, fmt.Errorf("%w: data key is %d bytes, the limit is %d", ErrTooLarge, len(dek), MaxDEKSize)
-	case len(aad) > MaxAADSize:
-		return nil, fmt.Errorf("%w: associated data is %d bytes, the limit is %d", ErrTooLarge, len(aad), MaxAADSize)
-	}
-	aead, err := newAEAD(masterKey)
+	a, err := NewAEAD(masterKey)
 	if err != nil {
 		return nil, err
 	}
-
-	var b cryptobyte.Builder
-	b.AddBytes([]byte(magic))
-	b.AddUint8(Version)
-	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(h.KeyID)) })
-	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(h.VersionID)) })
-	b.AddUint16(uint16(len(dek)))
-	header, err := b.Bytes()
-	if err != nil {
-		// Unreachable: every length was checked above.
-		return nil, fmt.Errorf("envelope: encoding header: %w", err)
-	}
-
-	blob := make([]byte, len(header), len(header)+aead.Overhead()+len(dek))
-	copy(blob, header)
-	ad := additionalData(header, aad)
-	// The random-nonce AEAD writes nonce || ciphertext || tag.
-	return aead.Seal(blob, nil, dek, ad), nil
+	defer a.Wipe()
+	return a.Seal(h, dek, aad)
 }
 
 // Parse reads the header of blob without decrypting anything, so the caller
@@ -142,22 +114,15 @@ func Open(masterKey []byte, blob, aad []byte) ([]byte, error) {
 	if len(aad) > MaxAADSize {
 		return nil, fmt.Errorf("%w: associated data is %d bytes, the limit is %d", ErrTooLarge, len(aad), MaxAADSize)
 	}
-	_, headerLen, err := parse(blob)
+	if _, _, err := parse(blob); err != nil {
+		return nil, err
+	}
+	a, err := NewAEAD(masterKey)
 	if err != nil {
 		return nil, err
 	}
-	aead, err := newAEAD(masterKey)
-	if err != nil {
-		return nil, err
-	}
-	header := blob[:headerLen]
-	dek, err := aead.Open(nil, nil, blob[headerLen:], additionalData(header, aad))
-	if err != nil {
-		// Never say more: which of key, aad or bytes is wrong is what an
-		// attacker would like to learn.
-		return nil, fmt.Errorf("%w: wrong master key version, wrong associated data, or the blob was modified", ErrAuthentication)
-	}
-	return dek, nil
+	defer a.Wipe()
+	return a.Open(blob, aad)
 }
 
 // parse validates the layout of blob and returns its header and the length of
@@ -227,18 +192,6 @@ func checkID(what, id string) error {
 		}
 	}
 	return nil
-}
-
-func newAEAD(masterKey []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(masterKey)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrKeySize, err)
-	}
-	aead, err := cipher.NewGCMWithRandomNonce(block)
-	if err != nil {
-		return nil, fmt.Errorf("envelope: creating AES-GCM: %w", err)
-	}
-	return aead, nil
 }
 
 // additionalData is header || aad. The header carries its own lengths, so the

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 )
 
@@ -24,11 +25,25 @@ type Bytes struct {
 	mu     sync.RWMutex
 	b      []byte
 	locked bool
+	page   bool // s.b is the start of a Page, recycled by a cleanup
 	wiped  bool
+	// attached is derived from b (UseAttached) and wiped with it.
+	attached Attachment
 }
 
 // New copies b into a new Bytes. The caller keeps b and should clear it.
+// A key up to a page long gets a locked page of its own (Page), so that
+// wiping one key never unlocks another's; the page is recycled once the
+// Bytes is unreachable.
 func New(b []byte) *Bytes {
+	if len(b) > 0 && len(b) <= PageSize() {
+		if p, locked := Page(); p != nil {
+			s := &Bytes{b: p[:len(b):len(b)], page: true, locked: locked}
+			copy(s.b, b)
+			runtime.AddCleanup(s, func(p []byte) { Release(p, locked) }, p)
+			return s
+		}
+	}
 	s := &Bytes{b: make([]byte, len(b))}
 	copy(s.b, b)
 	s.locked = lock(s.b)
@@ -90,7 +105,11 @@ func (s *Bytes) Wipe() {
 		return
 	}
 	clear(s.b)
-	if s.locked {
+	if s.attached != nil {
+		s.attached.Wipe()
+		s.attached = nil
+	}
+	if s.locked && !s.page {
 		unlock(s.b)
 	}
 	s.wiped = true

@@ -62,3 +62,38 @@ func TestWipe(t *testing.T) {
 		t.Errorf("Use on wiped key = true, want false")
 	}
 }
+
+type countingAttachment struct{ uses, wipes *int }
+
+func (c countingAttachment) Wipe() { *c.wipes++ }
+
+func TestUseAttached(t *testing.T) {
+	s := New(bytes.Repeat([]byte{7}, 32))
+	var makes, uses, wipes int
+	mk := func(key []byte) (Attachment, error) {
+		makes++
+		if key[0] != 7 {
+			t.Errorf("make got key[0] = %d, want 7", key[0])
+		}
+		return countingAttachment{&uses, &wipes}, nil
+	}
+	for range 3 {
+		ok, err := s.UseAttached(mk, func(Attachment) { uses++ })
+		if !ok || err != nil {
+			t.Fatalf("UseAttached = %v, %v; want true, nil", ok, err)
+		}
+	}
+	if makes != 1 || uses != 3 {
+		t.Errorf("make ran %d times, f %d times; want 1 and 3", makes, uses)
+	}
+	s.Wipe()
+	if wipes != 1 {
+		t.Errorf("Wipe wiped the attachment %d times, want 1", wipes)
+	}
+	if ok, _ := s.UseAttached(mk, func(Attachment) { t.Error("f called on a wiped key") }); ok {
+		t.Errorf("UseAttached on a wiped key = true, want false")
+	}
+	if makes != 1 {
+		t.Errorf("make ran again on a wiped key")
+	}
+}
