@@ -169,7 +169,7 @@ func classifyVault(op string, re *azcore.ResponseError, now func() time.Time) *k
 		}
 	default:
 		e.Kind = kek.KindUnavailable
-		hint = "the vault gave an unexpected answer: check Endpoint and any proxy in between"
+		hint = "the vault gave an unexpected answer: check vault_url and any proxy in between"
 	}
 	m := fmt.Sprintf("Key Vault answered HTTP %d", re.StatusCode)
 	if msg = oneLine(msg, 200); msg != "" {
