@@ -451,10 +451,35 @@ def one_op(args):
     return r
 
 
+def flow_watch(args):
+    """mongod's State poll, every --every seconds on a fresh connection, until
+    the State is --until or --max-seconds pass. Prints one JSON line per
+    change of answer (the first poll included) with the wall-clock time it
+    was seen, so the caller can time a revocation from its own clock."""
+    import time
+    last, deadline = None, time.time() + args.max_seconds
+    while True:
+        c = Conn(args, version=args.version)
+        try:
+            r = state_report(get_state(c, args.uid)[0])
+        finally:
+            c.close()
+        seen = (r["status"], r["reason"], r["state"])
+        if seen != last:
+            r["t"] = time.time()
+            print(json.dumps(r), flush=True)
+            last = seen
+        if r["state"] == args.until:
+            return None
+        if time.time() > deadline:
+            return {"error": "timeout", "detail": "State %s not seen within %ss" % (args.until, args.max_seconds)}
+        time.sleep(args.every)
+
+
 FLOWS = {
     "mongod": flow_mongod, "mongod-existing": flow_mongod_existing, "percona": flow_percona,
     "secretdata": flow_secretdata, "locate": flow_locate, "lifecycle": flow_lifecycle,
-    "wire": flow_wire,
+    "wire": flow_wire, "watch": flow_watch,
 }
 
 
@@ -467,6 +492,9 @@ def main():
     ap.add_argument("--version", default="1.2", choices=sorted(VERSIONS))
     ap.add_argument("--uid", help="object identifier for the one-operation flows")
     ap.add_argument("--newer", action="store_true", help="secretdata: newer libmongocrypt's usage mask 0 and Opaque format")
+    ap.add_argument("--until", default="DEACTIVATED", help="watch: the State that ends the watch")
+    ap.add_argument("--every", type=float, default=0.1, help="watch: seconds between polls")
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="watch: give up after this long")
     ap.add_argument("--timeout", type=float, default=20.0, help="socket timeout in seconds")
     args = ap.parse_args()
     try:
@@ -474,7 +502,10 @@ def main():
     except Exception as e:  # noqa: BLE001 - reported to the Go test, which fails
         print(json.dumps({"error": type(e).__name__, "detail": str(e)}))
         sys.exit(2)
-    print(json.dumps(res))
+    if res is not None:
+        print(json.dumps(res))
+    if res is not None and "error" in res:
+        sys.exit(2)
 
 
 if __name__ == "__main__":
