@@ -416,3 +416,16 @@ func keySize(k keystore.Key) int {
 	}
 	return MasterKeySize
 }
+
+// Objects returns the keystore keys that are KMIP objects, oldest first,
+// for the admin listing. They hold wrapped copies only.
+func (b *Broker) Objects() []keystore.Key {
+	var out []keystore.Key
+	for _, k := range b.store.Keys() {
+		if k.Object != nil {
+			out = append(out, k)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b keystore.Key) int { return a.Created.Compare(b.Created) })
+	return out
+}
