@@ -141,3 +141,7 @@ crashtest:
 
 clean:
 	rm -rf $(BIN) $(DEV_DIR)
+
+# KMIP front-end (issue 11): its message path is fuzzed with the others, and in make test.
+FUZZ_TARGETS += ./internal/kmip:FuzzHandleMessage
+FUZZ_CI_TARGETS += ./internal/kmip:FuzzHandleMessage

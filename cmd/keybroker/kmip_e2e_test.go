@@ -256,7 +256,7 @@ func TestKMIPRegisterFlows(t *testing.T) {
 			Object: &kmip.SecretData{SecretDataType: kmip.SecretDataTypeSeed, KeyBlock: block(kmip.KeyFormatTypeRaw, seed, 0)}}, seed},
 		{"libmongocrypt seed, mask 0, opaque", &payloads.RegisterRequestPayload{ObjectType: kmip.ObjectTypeSecretData,
 			TemplateAttribute: kmip.TemplateAttribute{Attribute: []kmip.Attribute{{AttributeName: kmip.AttributeNameCryptographicUsageMask, AttributeValue: kmip.CryptographicUsageMask(0)}}},
-			Object: &kmip.SecretData{SecretDataType: kmip.SecretDataTypeSeed, KeyBlock: block(kmip.KeyFormatTypeOpaque, seed2, 0)}}, seed2},
+			Object:            &kmip.SecretData{SecretDataType: kmip.SecretDataTypeSeed, KeyBlock: block(kmip.KeyFormatTypeOpaque, seed2, 0)}}, seed2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := mustOK(t, roundtrip(t, c, tc.req)).(*payloads.RegisterResponsePayload).UniqueIdentifier

@@ -24,7 +24,7 @@ type template struct {
 var ignoredAttributes = map[kmip.AttributeName]bool{
 	kmip.AttributeNameObjectGroup:                    true,
 	kmip.AttributeNameContactInformation:             true,
-	kmip.AttributeNameOperationPolicyName:            true,
+	"Operation Policy Name":                          true, // deprecated in KMIP 1.3, still sent by 1.0-1.2 clients
 	kmip.AttributeNameCryptographicParameters:        true,
 	kmip.AttributeNameApplicationSpecificInformation: true,
 	kmip.AttributeNameDescription:                    true,
@@ -37,6 +37,7 @@ var ignoredAttributes = map[kmip.AttributeName]bool{
 // have to act on but does not is refused by name.
 func parseTemplate(t kmip.TemplateAttribute) (template, error) {
 	var out template
+	//lint:ignore SA1019 KMIP 1.0-1.2 clients send names in the template's Name list
 	for _, n := range t.Name {
 		out.names = append(out.names, n.NameValue)
 	}
