@@ -13,6 +13,7 @@ func engineEndpoint(d *devBroker) endpoint {
 // Activate, Get Attributes(State) on one connection, then the State poll on
 // a fresh one; and restarting with kmipKeyIdentifier: Get, then State.
 func TestMongodFlow(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	ep := engineEndpoint(d)
 	for _, version := range []string{"1.2", "1.0"} {
@@ -53,6 +54,7 @@ func TestMongodFlow(t *testing.T) {
 // TestMasterKeyOverKMIP: kmipKeyIdentifier may name the node's own master
 // key, printed by keybroker dev as master_key_kmip_id.
 func TestMasterKeyOverKMIP(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	var r struct {
 		Get   keyReport   `json:"get"`
@@ -67,6 +69,7 @@ func TestMasterKeyOverKMIP(t *testing.T) {
 // Register a raw AES-256 key, Activate; a later session reads State and
 // then Get, which must return the registered bytes, raw and unwrapped.
 func TestPerconaRegister(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	var r struct {
 		Register outcome     `json:"register"`
@@ -92,6 +95,7 @@ func TestPerconaRegister(t *testing.T) {
 // (Seed, 96 bytes) with an empty template, or with the newer usage mask 0
 // and Opaque format, Activate, Get, one operation per connection.
 func TestSecretData(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	for _, tc := range []struct {
 		name string
@@ -127,6 +131,7 @@ func TestSecretData(t *testing.T) {
 // TestLocate finds a key by Name, by Object Type and State, and nothing for
 // an unknown Name.
 func TestLocate(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	type located struct {
 		outcome
@@ -161,6 +166,7 @@ func TestLocate(t *testing.T) {
 // Active; Revoke makes it Deactivated; Destroy then succeeds and the key
 // reads Destroyed, never Item Not Found.
 func TestRevokeDestroy(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	for _, version := range []string{"1.2", "1.0"} {
 		t.Run("KMIP "+version, func(t *testing.T) {
@@ -197,6 +203,7 @@ func TestRevokeDestroy(t *testing.T) {
 // TestAdminManagesEngineKeys: the admin identity may read, revoke and
 // destroy a key an engine created.
 func TestAdminManagesEngineKeys(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	engine := engineEndpoint(d)
 	admin := endpoint{addr: d.info.KMIPAddress, ca: d.info.KMIPCA, pem: d.info.KMIPAdminPEM}

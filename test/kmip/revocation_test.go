@@ -195,6 +195,7 @@ func activeKey(t *testing.T, b *servedBroker) (string, string) {
 // State poll: Active, Deactivated within validation.interval + 1 s of the
 // access being revoked at Key Vault, Active again after revalidation.
 func TestOwnershipAndRevocation(t *testing.T) {
+	t.Parallel()
 	b := startServed(t)
 	uid, key := activeKey(t, b)
 

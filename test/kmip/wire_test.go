@@ -128,6 +128,7 @@ func checkMessage(t *testing.T, raw []node, version string, op, status int) node
 // TestWireShapes checks the bytes of the responses mongod and Percona parse,
 // at KMIP 1.2 and 1.0.
 func TestWireShapes(t *testing.T) {
+	t.Parallel()
 	d := sharedDev(t)
 	for _, version := range []string{"1.2", "1.0"} {
 		t.Run("KMIP "+version, func(t *testing.T) {
