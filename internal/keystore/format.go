@@ -267,6 +267,9 @@ func decodeKey(path string, data []byte) (*Key, error) {
 		k.Object = &Object{Owner: o.Owner, Type: o.Type, SecretDataType: o.SecretDataType, Algorithm: o.Algorithm,
 			Length: o.Length, UsageMask: o.UsageMask, Names: o.Names, Activated: fromOptTime(o.Activated), Deactivated: fromOptTime(o.Deactivated)}
 	}
+	if k.Object != nil && len(k.Object.Names) == 0 {
+		k.Object.Names = nil // "names": [] and no names are the same
+	}
 	if err := validateKey(k); err != nil {
 		return nil, corruptf(path, "%v; restore it from a backup", err)
 	}
