@@ -56,6 +56,7 @@ func program() *cli.Program[*env] {
 			{Name: "watch", Summary: "print the broker's state changes as JSON lines; run commands on pause and resume", Run: runWatch},
 			{Name: "rewrap", Summary: "add the wrapped copies a configured region's key lacks (broker stopped)", Run: runRewrap},
 			{Name: "rotate-cmk", Summary: "rewrap the master keys under a new customer key, or drop the old copies with --finalize (broker stopped)", Run: runRotateCMK},
+			{Name: "kmip", Summary: "list, revoke or destroy KMIP objects over KMIP (admin): kmip list|revoke ID|destroy ID", Run: runKMIP},
 		},
 		NameWidth: 15,
 		Footer:    "Run 'keybroker COMMAND -h' for a command's flags. Exit codes are listed in the README.",

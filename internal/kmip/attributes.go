@@ -6,6 +6,7 @@ import (
 
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/payloads"
+	"github.com/ovh/kmip-go/ttlv"
 
 	"github.com/keybroker/keybroker/internal/broker"
 )
@@ -18,6 +19,11 @@ var keptAttributes = []kmip.AttributeName{
 	kmip.AttributeNameState, kmip.AttributeNameInitialDate, kmip.AttributeNameActivationDate,
 	kmip.AttributeNameDeactivationDate, kmip.AttributeNameLastChangeDate,
 }
+
+// OwnerAttribute is keybroker's custom attribute (a Text String) naming
+// the client identity that owns an object; empty for a master key. It is
+// returned only when asked for by name, for the admin listing.
+const OwnerAttribute kmip.AttributeName = "x-keybroker-owner"
 
 // getAttributes answers with exactly the attributes asked for that the
 // object has (all of them when none is named). It works while PAUSED: the
@@ -108,6 +114,8 @@ func attributes(info broker.ObjectInfo, n kmip.AttributeName) []kmip.Attribute {
 		}
 	case kmip.AttributeNameLastChangeDate:
 		return one(kmipTime(info.LastChange))
+	case OwnerAttribute:
+		return []kmip.Attribute{{AttributeName: n, AttributeValue: ttlv.Value{Tag: kmip.TagAttributeValue, Value: info.Owner}}}
 	}
 	return nil
 }
