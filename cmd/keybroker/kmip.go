@@ -127,5 +127,8 @@ func devKMIPConfig(addr string) string {
 
 // kmipMetrics returns the KMIP instruments; nil records nothing.
 func (o *observability) kmipMetrics() kmip.Metrics {
-	return nil
+	if o == nil {
+		return nil
+	}
+	return o.tel.KMIPMetrics()
 }

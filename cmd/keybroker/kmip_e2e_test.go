@@ -593,3 +593,26 @@ func TestKMIPWire(t *testing.T) {
 		})
 	}
 }
+
+// TestKMIPMetrics: operations are counted by operation and result reason,
+// timed, and open connections are a gauge, on the admin /metrics.
+func TestKMIPMetrics(t *testing.T) {
+	k := newKMIPHarness(t)
+	c := k.client(t, "engine", kmip.V1_2)
+	mk, _ := k.at.Broker.MasterKeyObjectID()
+	getKey(t, c, mk)
+	getKey(t, c, mk)
+	mustFail(t, roundtrip(t, c, &payloads.GetRequestPayload{UniqueIdentifier: "no-such-object"}), kmip.ResultReasonItemNotFound, "no-such-object")
+	fams := k.scrape()
+	for _, s := range []series{
+		{name: "keybroker_kmip_operations_total", labels: map[string]string{"operation": "Get", "reason": "Success"}, min: 2, max: 2},
+		{name: "keybroker_kmip_operations_total", labels: map[string]string{"operation": "Get", "reason": "ItemNotFound"}, min: 1, max: 1},
+		{name: "keybroker_kmip_operation_duration_seconds", labels: map[string]string{"operation": "Get", "reason": "Success"}, min: 2, max: 2},
+		{name: "keybroker_kmip_connections", labels: map[string]string{}, min: 1},
+	} {
+		v, ok := s.find(fams)
+		if !ok || v < s.min || (s.max > 0 && v > s.max) {
+			t.Errorf("%s%v = %v (found %v), want %v..%v", s.name, s.labels, v, ok, s.min, s.max)
+		}
+	}
+}

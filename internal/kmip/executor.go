@@ -70,7 +70,10 @@ func (s *Server) newExecutor() *kmipserver.BatchExecutor {
 // itemMiddleware maps core errors once, answers unsupported operations
 // with a message, and measures every batch item.
 func (s *Server) itemMiddleware(next kmipserver.BatchItemNext, ctx context.Context, bi *kmip.RequestBatchItem) (*kmip.ResponseBatchItem, error) {
-	start := s.cfg.Now()
+	done := func(string) {}
+	if m := s.cfg.Metrics; m != nil {
+		ctx, done = m.Operation(ctx, opName(bi.Operation))
+	}
 	var resp *kmip.ResponseBatchItem
 	var err error
 	if !isSupported(bi.Operation) {
@@ -80,16 +83,14 @@ func (s *Server) itemMiddleware(next kmipserver.BatchItemNext, ctx context.Conte
 		resp, err = next(ctx, bi)
 		err = toKMIP(ctx, s.log, opName(bi.Operation), err)
 	}
-	if m := s.cfg.Metrics; m != nil {
-		reason := ""
-		if err != nil {
-			reason = "GeneralFailure"
-			if ke, ok := err.(kmipserver.Error); ok {
-				reason = reasonName(ke.Reason)
-			}
+	reason := ""
+	if err != nil {
+		reason = "GeneralFailure"
+		if ke, ok := err.(kmipserver.Error); ok {
+			reason = reasonName(ke.Reason)
 		}
-		m.Operation(opName(bi.Operation), reason, s.cfg.Now().Sub(start))
 	}
+	done(reason)
 	if err != nil {
 		s.log.DebugContext(ctx, "kmip: operation failed", "operation", opName(bi.Operation), "peer", callOf(ctx).peer, "identity", callOf(ctx).caller.Identity, "err", err)
 	}

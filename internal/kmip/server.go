@@ -69,11 +69,15 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Metrics receives what the KMIP front-end measures. Calls must return
-// quickly. Operation names and reasons are KMIP's enumeration names, a
-// bounded set ("other" for anything unknown); reason is "" on success.
+// Metrics receives what the KMIP front-end measures (internal/telemetry
+// implements it). Calls must return quickly. Operation names and reasons
+// are KMIP's enumeration names, a bounded set ("other" for anything
+// unknown).
 type Metrics interface {
-	Operation(op, reason string, d time.Duration)
+	// Operation starts measuring one operation (a batch item); done is
+	// called once with its Result Reason, "" on success.
+	Operation(ctx context.Context, op string) (_ context.Context, done func(reason string))
+	// Connections adds delta to the open connections.
 	Connections(delta int)
 }
 
@@ -425,7 +429,8 @@ func (s *Server) recordAll(req *kmip.RequestMessage, reason kmip.ResultReason) {
 		return
 	}
 	for _, bi := range req.BatchItem {
-		s.cfg.Metrics.Operation(opName(bi.Operation), reasonName(reason), 0)
+		_, done := s.cfg.Metrics.Operation(context.Background(), opName(bi.Operation))
+		done(reasonName(reason))
 	}
 }
 
