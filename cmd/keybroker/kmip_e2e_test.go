@@ -616,3 +616,49 @@ func TestKMIPMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestKMIPServedFromMemory: after a restart, start-up loads the Active
+// KMIP objects with the master key; Gets and State polls then make no Key
+// Vault call, and the identifiers still name the same bytes.
+func TestKMIPServedFromMemory(t *testing.T) {
+	k := newKMIPHarness(t)
+	c := k.client(t, "engine", kmip.V1_2)
+	var ids []string
+	want := map[string][]byte{}
+	for range 3 {
+		id := mustOK(t, roundtrip(t, c, &payloads.CreateRequestPayload{ObjectType: kmip.ObjectTypeSymmetricKey, TemplateAttribute: kmip.TemplateAttribute{Attribute: []kmip.Attribute{
+			{AttributeName: kmip.AttributeNameCryptographicAlgorithm, AttributeValue: kmip.CryptographicAlgorithmAES},
+			{AttributeName: kmip.AttributeNameCryptographicLength, AttributeValue: int32(256)},
+		}}})).(*payloads.CreateResponsePayload).UniqueIdentifier
+		mustOK(t, roundtrip(t, c, &payloads.ActivateRequestPayload{UniqueIdentifier: id}))
+		_, want[id] = getKey(t, c, id)
+		ids = append(ids, id)
+	}
+	c.Close()
+	k.stop()
+	k.start()
+	ctx := context.Background()
+	unwraps := func() int64 {
+		cs, err := k.emu.Control().Counters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs[akvemu.DefaultVaultHost][akvemu.OpUnwrapKey]
+	}
+	before := unwraps()
+	for range 5 {
+		fresh := k.client(t, "engine", kmip.V1_0)
+		for _, id := range ids {
+			if _, got := getKey(t, fresh, id); !bytes.Equal(got, want[id]) {
+				t.Fatalf("after a restart, Get(%s) returned other bytes", id)
+			}
+			if st, _ := state(t, fresh, id); st != kmip.StateActive {
+				t.Fatalf("after a restart, State(%s) = %s, want Active", id, ttlv.EnumStr(st))
+			}
+		}
+		fresh.Close()
+	}
+	if after := unwraps(); after != before {
+		t.Fatalf("Key Vault unwraps during 15 Gets after warm-up: %d, want 0", after-before)
+	}
+}
