@@ -21,6 +21,7 @@ import (
 	"github.com/ovh/kmip-go/ttlv"
 
 	"github.com/keybroker/keybroker/internal/akvemu"
+	"github.com/keybroker/keybroker/internal/keystore"
 	"github.com/keybroker/keybroker/internal/pki"
 	keybrokerv1 "github.com/keybroker/keybroker/proto/keybroker/v1"
 )
@@ -660,5 +661,65 @@ func TestKMIPServedFromMemory(t *testing.T) {
 	}
 	if after := unwraps(); after != before {
 		t.Fatalf("Key Vault unwraps during 15 Gets after warm-up: %d, want 0", after-before)
+	}
+}
+
+// TestKMIPCMKRotation: KMIP objects (a 96-byte seed, an AES-128 key) are
+// rewrapped with the master key when the customer key changes, are served
+// through the new key with the old one disabled, and lose their old copies
+// at rotate-cmk --finalize, keeping their bytes throughout.
+func TestKMIPCMKRotation(t *testing.T) {
+	k := newKMIPHarness(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := k.client(t, "engine", kmip.V1_0)
+	seed := bytes.Repeat([]byte{0x5e}, 96)
+	sb := bytes.Clone(seed)
+	sid := mustOK(t, roundtrip(t, c, &payloads.RegisterRequestPayload{ObjectType: kmip.ObjectTypeSecretData,
+		Object: &kmip.SecretData{SecretDataType: kmip.SecretDataTypeSeed, KeyBlock: kmip.KeyBlock{KeyFormatType: kmip.KeyFormatTypeRaw,
+			KeyValue: &kmip.KeyValue{Plain: &kmip.PlainKeyValue{KeyMaterial: kmip.KeyMaterial{Bytes: &sb}}}}}})).(*payloads.RegisterResponsePayload).UniqueIdentifier
+	aid := mustOK(t, roundtrip(t, c, &payloads.CreateRequestPayload{ObjectType: kmip.ObjectTypeSymmetricKey, TemplateAttribute: kmip.TemplateAttribute{Attribute: []kmip.Attribute{
+		{AttributeName: kmip.AttributeNameCryptographicAlgorithm, AttributeValue: kmip.CryptographicAlgorithmAES},
+		{AttributeName: kmip.AttributeNameCryptographicLength, AttributeValue: int32(128)},
+	}}})).(*payloads.CreateResponsePayload).UniqueIdentifier
+	_, aes := getKey(t, c, aid)
+	for _, id := range []string{sid, aid} {
+		mustOK(t, roundtrip(t, c, &payloads.ActivateRequestPayload{UniqueIdentifier: id}))
+	}
+	c.Close()
+	k.stop()
+
+	newKID, err := k.emu.Control().CreateKey(ctx, akvemu.DefaultVaultHost, "cmk2", 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotSetKeyID(t, k.harness, newKID)
+	k.start() // rewraps every key, objects included, under the new key
+	k.stop()
+	if err := k.emu.Control().SetKeyEnabled(ctx, akvemu.DefaultVaultHost, "cmk", false); err != nil {
+		t.Fatal(err)
+	}
+	k.start()
+	c = k.client(t, "engine", kmip.V1_0)
+	for id, want := range map[string][]byte{sid: seed, aid: aes} {
+		if _, got := getKey(t, c, id); !bytes.Equal(got, want) {
+			t.Fatalf("Get(%s) through the new customer key returned other bytes", id)
+		}
+	}
+	c.Close()
+	k.stop()
+	if _, errOut, code := runCLI(t, "rotate-cmk", "--config", k.cfgPath, "--finalize"); code != exitOK {
+		t.Fatalf("rotate-cmk --finalize = %d: %s", code, errOut)
+	}
+	store, err := keystore.Open(k.cfg.Keystore.Dir, keystore.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, id := range []string{sid, aid} {
+		key, err := store.Key(id)
+		if err != nil || len(key.Versions) != 1 || len(key.Versions[0].Copies) != 1 || key.Versions[0].Copies[0].KeyID != newKID {
+			t.Fatalf("object %s after finalize: %+v, %v; want one copy, under %s", id, key.Versions, err, newKID)
+		}
 	}
 }

@@ -10,6 +10,10 @@ import (
 	"github.com/keybroker/keybroker/internal/keystore"
 )
 
+// maxMaterial bounds registered key material: an RSA-2048 customer key
+// wraps at most 190 bytes with RSA-OAEP-256; libmongocrypt needs 96.
+const maxMaterial = 128
+
 // register stores a Symmetric Key (Percona Server: Raw AES 256) or Secret
 // Data (libmongocrypt: a 96-byte Seed, Raw or Opaque) the client supplies,
 // Pre-Active, owned by the caller, wrapped and persisted before the answer.
@@ -69,8 +73,8 @@ func (h *handlers) register(ctx context.Context, req *payloads.RegisterRequestPa
 	default:
 		return nil, fail(kmip.ResultReasonInvalidField, "keybroker registers Symmetric Keys and Secret Data, not %s", ttlv.EnumStr(req.ObjectType))
 	}
-	if len(material) == 0 || len(material) > 512 {
-		return nil, fail(kmip.ResultReasonInvalidField, "the key material is %d bytes; keybroker keeps 1 to 512", len(material))
+	if len(material) == 0 || len(material) > maxMaterial {
+		return nil, fail(kmip.ResultReasonInvalidField, "the key material is %d bytes; keybroker keeps 1 to %d (it is wrapped whole by the customer's RSA key)", len(material), maxMaterial)
 	}
 	spec.UsageMask = uint32(t.mask)
 	spec.Names = t.names
