@@ -149,3 +149,4 @@ FUZZ_CI_TARGETS += ./internal/kmip:FuzzHandleMessage
 ## bench-kmip: KMIP Get (1 and 20 connections) and new-connection State polls against keybroker dev and pykmip-server, plus gRPC GetMasterKey (docs/kmip.md).
 bench-kmip: build
 	$(BIN)/kbload bench-kmip --keybroker $(BIN)/keybroker $(BENCH_KMIP_FLAGS)
+.PHONY: bench-kmip
