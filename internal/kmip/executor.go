@@ -2,6 +2,8 @@ package kmip
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/ovh/kmip-go"
@@ -47,24 +49,40 @@ func (s *Server) newExecutor() *kmipserver.BatchExecutor {
 	e := kmipserver.NewBatchExecutor()
 	e.SetSupportedProtocolVersions(kmip.V1_0, kmip.V1_1, kmip.V1_2, kmip.V1_3, kmip.V1_4)
 	h := &handlers{core: s.cfg.Core, log: s.log, now: s.cfg.Now}
-	e.Route(kmip.OperationDiscoverVersions, kmipserver.HandleFunc(h.discoverVersions))
-	e.Route(kmip.OperationQuery, kmipserver.HandleFunc(h.query))
-	e.Route(kmip.OperationCreate, kmipserver.HandleFunc(h.create))
-	e.Route(kmip.OperationRegister, kmipserver.HandleFunc(h.register))
-	e.Route(kmip.OperationGet, kmipserver.HandleFunc(h.get))
-	e.Route(kmip.OperationGetAttributes, kmipserver.HandleFunc(h.getAttributes))
-	e.Route(kmip.OperationGetAttributeList, kmipserver.HandleFunc(h.getAttributeList))
-	e.Route(kmip.OperationActivate, kmipserver.HandleFunc(h.activate))
-	e.Route(kmip.OperationLocate, kmipserver.HandleFunc(h.locate))
-	e.Route(kmip.OperationAddAttribute, kmipserver.HandleFunc(h.addAttribute))
-	e.Route(kmip.OperationModifyAttribute, kmipserver.HandleFunc(h.modifyAttribute))
-	e.Route(kmip.OperationDeleteAttribute, kmipserver.HandleFunc(h.deleteAttribute))
-	e.Route(kmip.OperationRevoke, kmipserver.HandleFunc(h.revoke))
-	e.Route(kmip.OperationDestroy, kmipserver.HandleFunc(h.destroy))
-	e.Route(kmip.OperationEncrypt, kmipserver.HandleFunc(h.encrypt))
-	e.Route(kmip.OperationDecrypt, kmipserver.HandleFunc(h.decrypt))
+	route := func(op kmip.Operation, hdl kmipserver.OperationHandler) { e.Route(op, s.recovering(op, hdl)) }
+	route(kmip.OperationDiscoverVersions, kmipserver.HandleFunc(h.discoverVersions))
+	route(kmip.OperationQuery, kmipserver.HandleFunc(h.query))
+	route(kmip.OperationCreate, kmipserver.HandleFunc(h.create))
+	route(kmip.OperationRegister, kmipserver.HandleFunc(h.register))
+	route(kmip.OperationGet, kmipserver.HandleFunc(h.get))
+	route(kmip.OperationGetAttributes, kmipserver.HandleFunc(h.getAttributes))
+	route(kmip.OperationGetAttributeList, kmipserver.HandleFunc(h.getAttributeList))
+	route(kmip.OperationActivate, kmipserver.HandleFunc(h.activate))
+	route(kmip.OperationLocate, kmipserver.HandleFunc(h.locate))
+	route(kmip.OperationAddAttribute, kmipserver.HandleFunc(h.addAttribute))
+	route(kmip.OperationModifyAttribute, kmipserver.HandleFunc(h.modifyAttribute))
+	route(kmip.OperationDeleteAttribute, kmipserver.HandleFunc(h.deleteAttribute))
+	route(kmip.OperationRevoke, kmipserver.HandleFunc(h.revoke))
+	route(kmip.OperationDestroy, kmipserver.HandleFunc(h.destroy))
+	route(kmip.OperationEncrypt, kmipserver.HandleFunc(h.encrypt))
+	route(kmip.OperationDecrypt, kmipserver.HandleFunc(h.decrypt))
 	e.BatchItemUse(s.itemMiddleware)
 	return e
+}
+
+// recovering turns a handler panic (a keybroker bug) into General Failure,
+// logged through the server's logger: kmip-go would recover it too, but log
+// it to the process-wide default logger.
+func (s *Server) recovering(op kmip.Operation, next kmipserver.OperationHandler) kmipserver.OperationHandler {
+	return kmipserver.HandleFunc(func(ctx context.Context, req kmip.OperationPayload) (resp kmip.OperationPayload, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.ErrorContext(ctx, "kmip: operation handler panicked (a keybroker bug)", "operation", opName(op), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				resp, err = nil, fail(kmip.ResultReasonGeneralFailure, "internal error: this is a keybroker bug, the details are in the broker's log")
+			}
+		}()
+		return next.HandleOperation(ctx, req)
+	})
 }
 
 // itemMiddleware maps core errors once, answers unsupported operations

@@ -72,6 +72,9 @@ func (f *fakeCore) RegisterObject(_ context.Context, c broker.Caller, spec keyst
 }
 
 func (f *fakeCore) ObjectAttributes(_ context.Context, c broker.Caller, id string) (broker.ObjectInfo, error) {
+	if id == "panic" {
+		panic("fake core: asked to panic")
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	o, err := f.find(c, id)

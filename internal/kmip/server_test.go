@@ -316,3 +316,20 @@ func TestSeedMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestHandlerPanic: a handler panic (a bug) answers General Failure with a
+// message pointing at the log, and the next request is served.
+func TestHandlerPanic(t *testing.T) {
+	s := testServer(t)
+	for _, id := range []string{"panic", "master"} {
+		resp, _ := s.handle(&conn{}, request(kmip.V1_2, &payloads.GetAttributesRequestPayload{UniqueIdentifier: id}))
+		checkResponse(t, resp)
+		bi := resp.BatchItem[0]
+		if id == "panic" && (bi.ResultReason != kmip.ResultReasonGeneralFailure || !strings.Contains(bi.ResultMessage, "keybroker bug")) {
+			t.Fatalf("panicking handler answered %+v, want General Failure naming a keybroker bug", bi)
+		}
+		if id == "master" && bi.ResultStatus != kmip.ResultStatusSuccess {
+			t.Fatalf("after a panic: %+v, want success", bi)
+		}
+	}
+}
