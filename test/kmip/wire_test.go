@@ -126,12 +126,20 @@ func checkMessage(t *testing.T, raw []node, version string, op, status int) node
 }
 
 // TestWireShapes checks the bytes of the responses mongod and Percona parse,
-// at KMIP 1.2 and 1.0.
+// at KMIP 1.2 and 1.0, and with Percona's request header.
 func TestWireShapes(t *testing.T) {
 	t.Parallel()
 	d := sharedDev(t)
-	for _, version := range []string{"1.2", "1.0"} {
-		t.Run("KMIP "+version, func(t *testing.T) {
+	for _, tc := range []struct {
+		name, version string
+		args          []string
+	}{
+		{"mongod KMIP 1.2", "1.2", nil},
+		{"mongod KMIP 1.0", "1.0", nil},
+		{"Percona header KMIP 1.0", "1.0", []string{"--percona-header"}},
+	} {
+		version := tc.version
+		t.Run(tc.name, func(t *testing.T) {
 			var r struct {
 				UID           string `json:"uid"`
 				Create        []node `json:"create"`
@@ -141,7 +149,7 @@ func TestWireShapes(t *testing.T) {
 				StateUnknown  []node `json:"state_unknown"`
 				DestroyActive []node `json:"destroy_active"`
 			}
-			flow(t, engineEndpoint(d), &r, "wire", "--version", version)
+			flow(t, engineEndpoint(d), &r, "wire", append([]string{"--version", version}, tc.args...)...)
 			checkMessage(t, r.Create, version, opCreate, statusSuccess)
 
 			// Get: Object Type, Unique Identifier, Symmetric Key; its key

@@ -169,9 +169,9 @@ def template(mask=12, name=None, length=256):
     return objects.TemplateAttribute(attributes=attrs)
 
 
-def create(c, name=None):
+def create(c, name=None, **kw):
     return c.call(enums.Operation.CREATE, payloads.CreateRequestPayload(
-        object_type=enums.ObjectType.SYMMETRIC_KEY, template_attribute=template(name=name)))
+        object_type=enums.ObjectType.SYMMETRIC_KEY, template_attribute=template(name=name)), **kw)
 
 
 def get(c, uid, **kw):
@@ -192,8 +192,8 @@ def revoke(c, uid):
         revocation_reason=objects.RevocationReason(code=enums.RevocationReasonCode.CESSATION_OF_OPERATION)))
 
 
-def destroy(c, uid):
-    return c.call(enums.Operation.DESTROY, payloads.DestroyRequestPayload(unique_identifier=attr.UniqueIdentifier(uid)))
+def destroy(c, uid, **kw):
+    return c.call(enums.Operation.DESTROY, payloads.DestroyRequestPayload(unique_identifier=attr.UniqueIdentifier(uid)), **kw)
 
 
 def state_report(item):
@@ -412,20 +412,22 @@ def ttlv_tree(b):
 def flow_wire(args):
     """Responses as TTLV trees: a successful Get and Get Attributes(State) on a
     new active key, and failures (Get of an unknown identifier, Destroy of an
-    Active key), at the protocol version asked for."""
+    Active key), at the protocol version asked for; --percona-header sends
+    libkmip's header (Maximum Response Size, Time Stamp)."""
+    kw = {"percona_header": args.percona_header}
     c = Conn(args, version=args.version)
-    it, raw_create = create(c)
+    it, raw_create = create(c, **kw)
     res = {"create": ttlv_tree(raw_create)}
     if outcome(it)["status"] != "SUCCESS":
         return res
     uid = uid_of(it)
     res["uid"] = uid
-    activate(c, uid)
-    res["get"] = ttlv_tree(get(c, uid)[1])
-    res["state"] = ttlv_tree(get_state(c, uid)[1])
-    res["get_unknown"] = ttlv_tree(get(c, "kmipflow-no-such-object")[1])
-    res["state_unknown"] = ttlv_tree(get_state(c, "kmipflow-no-such-object")[1])
-    res["destroy_active"] = ttlv_tree(destroy(c, uid)[1])
+    activate(c, uid, **kw)
+    res["get"] = ttlv_tree(get(c, uid, **kw)[1])
+    res["state"] = ttlv_tree(get_state(c, uid, **kw)[1])
+    res["get_unknown"] = ttlv_tree(get(c, "kmipflow-no-such-object", **kw)[1])
+    res["state_unknown"] = ttlv_tree(get_state(c, "kmipflow-no-such-object", **kw)[1])
+    res["destroy_active"] = ttlv_tree(destroy(c, uid, **kw)[1])
     c.close()
     return res
 
@@ -491,6 +493,7 @@ def main():
     ap.add_argument("--pem", required=True, help="client certificate and key in one PEM")
     ap.add_argument("--version", default="1.2", choices=sorted(VERSIONS))
     ap.add_argument("--uid", help="object identifier for the one-operation flows")
+    ap.add_argument("--percona-header", action="store_true", help="wire: libkmip's request header (Maximum Response Size, Time Stamp)")
     ap.add_argument("--newer", action="store_true", help="secretdata: newer libmongocrypt's usage mask 0 and Opaque format")
     ap.add_argument("--until", default="DEACTIVATED", help="watch: the State that ends the watch")
     ap.add_argument("--every", type=float, default=0.1, help="watch: seconds between polls")
