@@ -289,6 +289,10 @@ func (s *Server) identify(c *conn, st tls.ConnectionState) {
 	}
 }
 
+// maxBatchItems bounds the operations of one message: each may call Key
+// Vault, and the clients keybroker serves send one.
+const maxBatchItems = 64
+
 // errBadFrame is a message that is not a TTLV Request Message within the
 // size limit; the connection is answered once and closed.
 var errBadFrame = errors.New("kmip: malformed message")
@@ -356,6 +360,9 @@ func (s *Server) handle(c *conn, buf []byte) (resp *kmip.ResponseMessage, wipe *
 	}
 	if len(req.BatchItem) == 0 {
 		return messageError(req, kmip.ResultReasonInvalidMessage, "the request has no batch item", now), wipe
+	}
+	if len(req.BatchItem) > maxBatchItems {
+		return messageError(req, kmip.ResultReasonInvalidMessage, fmt.Sprintf("the request has %d batch items; keybroker takes at most %d per message", len(req.BatchItem), maxBatchItems), now), wipe
 	}
 	ctx := withCall(context.Background(), call{caller: c.caller, peer: c.peer, wipe: wipe})
 	resp = s.exec.HandleRequest(ctx, req)

@@ -333,3 +333,19 @@ func TestHandlerPanic(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchLimit: a message with more items than keybroker takes is
+// answered with Invalid Message, its first Operation echoed.
+func TestBatchLimit(t *testing.T) {
+	s := testServer(t)
+	var pls []kmip.OperationPayload
+	for range maxBatchItems + 1 {
+		pls = append(pls, &payloads.GetAttributesRequestPayload{UniqueIdentifier: "master"})
+	}
+	msg := kmip.NewRequestMessage(kmip.V1_2, pls...)
+	resp, _ := s.handle(&conn{}, ttlv.MarshalTTLV(&msg))
+	checkResponse(t, resp)
+	if bi := resp.BatchItem[0]; bi.ResultReason != kmip.ResultReasonInvalidMessage || bi.Operation != kmip.OperationGetAttributes || !strings.Contains(bi.ResultMessage, "at most") {
+		t.Fatalf("oversized batch answered %+v, want Invalid Message with the Operation echoed", bi)
+	}
+}
