@@ -250,8 +250,14 @@ func (s *Server) serveConn(raw net.Conn) {
 	for {
 		buf, err := s.readMessage(c)
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			// Clients that close abruptly (libmongocrypt: one operation per
+			// connection) are routine; timeouts and bad frames are worth a line.
+			var ne net.Error
+			switch {
+			case errors.Is(err, errBadFrame), errors.As(err, &ne) && ne.Timeout():
 				s.log.Info("kmip: connection closed", "peer", peer, "reason", err.Error())
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
+				s.log.Debug("kmip: connection closed", "peer", peer, "reason", err.Error())
 			}
 			if errors.Is(err, errBadFrame) {
 				s.reply(c, messageError(nil, kmip.ResultReasonInvalidMessage, err.Error(), s.cfg.Now()), nil)
