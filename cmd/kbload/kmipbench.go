@@ -71,6 +71,7 @@ type kmipServer struct {
 	name, addr, ca, pem string
 	uid                 string      // an Active AES-256 key made for the run
 	tls                 *tls.Config // read once, so dialing costs the load generator no file reads or parsing
+	pid                 int         // the server process, whose CPU time is read around each figure
 }
 
 func (s *kmipServer) dial(ctx context.Context) (*kmipclient.Client, error) {
@@ -156,13 +157,16 @@ func kmipState(ctx context.Context, c *kmipclient.Client, uid string) error {
 
 // kmipRate is one figure on one server.
 type kmipRate struct {
-	Ops      int64   `json:"ops"`
-	Errors   int64   `json:"errors"`
-	Seconds  float64 `json:"seconds"`
-	PerSec   float64 `json:"per_sec"`
-	P50Ms    float64 `json:"p50_ms"`
-	P99Ms    float64 `json:"p99_ms"`
-	FirstErr string  `json:"first_error,omitempty"`
+	Ops     int64   `json:"ops"`
+	Errors  int64   `json:"errors"`
+	Seconds float64 `json:"seconds"`
+	PerSec  float64 `json:"per_sec"`
+	// ServerCPUus is the server process's CPU time per successful
+	// operation, in µs (0 when it could not be read).
+	ServerCPUus float64 `json:"server_cpu_us_per_op"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+	FirstErr    string  `json:"first_error,omitempty"`
 }
 
 // kmipFigures are the three figures of one server.
@@ -242,6 +246,16 @@ func kmipLoad(ctx context.Context, d time.Duration, workers int, open func(conte
 	return r, ctx.Err()
 }
 
+// measured runs kmipLoad and adds the server's CPU time per operation.
+func (s *kmipServer) measured(ctx context.Context, d time.Duration, workers int, open func(context.Context) (*kmipclient.Client, error), op func(context.Context, *kmipclient.Client) error) (kmipRate, error) {
+	before, cpuErr := processCPU(s.pid)
+	r, err := kmipLoad(ctx, d, workers, open, op)
+	if after, err2 := processCPU(s.pid); cpuErr == nil && err2 == nil && r.Ops > 0 {
+		r.ServerCPUus = float64(after-before) / float64(time.Microsecond) / float64(r.Ops)
+	}
+	return r, err
+}
+
 // figures measures Get on one connection, Get on conns connections, and
 // State polls each on a new connection by conns workers.
 func (s *kmipServer) figures(ctx context.Context, d time.Duration, conns int, progress io.Writer) (kmipFigures, error) {
@@ -249,15 +263,15 @@ func (s *kmipServer) figures(ctx context.Context, d time.Duration, conns int, pr
 	var err error
 	get := func(ctx context.Context, c *kmipclient.Client) error { return kmipGet(ctx, c, s.uid) }
 	fmt.Fprintf(progress, "kbload: %s: Get on 1 connection for %v ...\n", s.name, d)
-	if f.GetOne, err = kmipLoad(ctx, d, 1, s.dial, get); err != nil {
+	if f.GetOne, err = s.measured(ctx, d, 1, s.dial, get); err != nil {
 		return f, err
 	}
 	fmt.Fprintf(progress, "kbload: %s: Get on %d connections for %v ...\n", s.name, conns, d)
-	if f.GetConc, err = kmipLoad(ctx, d, conns, s.dial, get); err != nil {
+	if f.GetConc, err = s.measured(ctx, d, conns, s.dial, get); err != nil {
 		return f, err
 	}
 	fmt.Fprintf(progress, "kbload: %s: State polls on new connections (%d workers) for %v ...\n", s.name, conns, d)
-	f.Polls, err = kmipLoad(ctx, d, conns, nil, func(ctx context.Context, _ *kmipclient.Client) error {
+	f.Polls, err = s.measured(ctx, d, conns, nil, func(ctx context.Context, _ *kmipclient.Client) error {
 		c, err := s.dial(ctx)
 		if err != nil {
 			return err
@@ -269,7 +283,7 @@ func (s *kmipServer) figures(ctx context.Context, d time.Duration, conns int, pr
 		return f, err
 	}
 	fmt.Fprintf(progress, "kbload: %s: TLS handshakes only (%d workers) for %v ...\n", s.name, conns, d)
-	f.Handshakes, err = kmipLoad(ctx, d, conns, nil, func(ctx context.Context, _ *kmipclient.Client) error {
+	f.Handshakes, err = s.measured(ctx, d, conns, nil, func(ctx context.Context, _ *kmipclient.Client) error {
 		c, err := (&tls.Dialer{Config: s.tls.Clone()}).DialContext(ctx, "tcp", s.addr)
 		if err != nil {
 			return err
@@ -483,8 +497,8 @@ func (f kmipBenchFlags) run(ctx context.Context, e *env) error {
 	}
 	defer peerProc.Stop()
 
-	kb := &kmipServer{name: "keybroker", addr: ki.KMIPAddress, ca: ki.KMIPCA, pem: ki.KMIPEnginePEM}
-	peer := &kmipServer{name: "pykmip-server", addr: peerAddr, ca: b.info.CA, pem: ki.KMIPEnginePEM}
+	kb := &kmipServer{name: "keybroker", addr: ki.KMIPAddress, ca: ki.KMIPCA, pem: ki.KMIPEnginePEM, pid: b.cmd.Process.Pid}
+	peer := &kmipServer{name: "pykmip-server", addr: peerAddr, ca: b.info.CA, pem: ki.KMIPEnginePEM, pid: peerProc.cmd.Process.Pid}
 	for _, s := range []*kmipServer{kb, peer} {
 		if err := s.prepare(ctx); err != nil {
 			return err
@@ -584,17 +598,17 @@ func printKMIPReport(w io.Writer, s kmipSummary, conns int) {
 	fmt.Fprintf(w, "kbload bench-kmip: KMIP 1.2 with kmip-go's client; %v per figure; %s, %d CPUs (load generator on the same machine)\n\n",
 		s.Settings.(map[string]any)["duration"], s.Machine.CPUModel, s.Machine.CPUs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "figure\tkeybroker /s\tp50 ms\tp99 ms\terrors\tpykmip-server /s\tp50 ms\tp99 ms\terrors\tratio\t")
+	fmt.Fprintln(tw, "figure\tkeybroker /s\tp50 ms\tp99 ms\terrors\tCPU µs/op\tpykmip-server /s\tp50 ms\tp99 ms\terrors\tCPU µs/op\tratio\t")
 	row := func(name string, kb, peer kmipRate) {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t%d\t%.1f\t%.2f\t%.2f\t%d\t%.1fx\t\n", name, kb.PerSec, kb.P50Ms, kb.P99Ms, kb.Errors, peer.PerSec, peer.P50Ms, peer.P99Ms, peer.Errors, kmipRatio(kb.PerSec, peer.PerSec))
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t%d\t%.0f\t%.1f\t%.2f\t%.2f\t%d\t%.0f\t%.1fx\t\n", name, kb.PerSec, kb.P50Ms, kb.P99Ms, kb.Errors, kb.ServerCPUus, peer.PerSec, peer.P50Ms, peer.P99Ms, peer.Errors, peer.ServerCPUus, kmipRatio(kb.PerSec, peer.PerSec))
 	}
 	row("Get, 1 connection", s.Keybroker.GetOne, s.Peer.GetOne)
 	row(fmt.Sprintf("Get, %d connections", conns), s.Keybroker.GetConc, s.Peer.GetConc)
 	row(fmt.Sprintf("State poll, new conn (%d workers)", conns), s.Keybroker.Polls, s.Peer.Polls)
 	row(fmt.Sprintf("TLS handshake only (%d workers)*", conns), s.Keybroker.Handshakes, s.Peer.Handshakes)
-	fmt.Fprintf(tw, "gRPC GetMasterKey, %d conns\t%.0f\t%.2f\t%.2f\t%d\t\t\t\t\t%.2fx KMIP/gRPC\t\n", conns, s.GRPC.PerSec, s.GRPC.P50Ms, s.GRPC.P99Ms, s.GRPC.Errors, kmipRatio(s.Keybroker.GetConc.PerSec, s.GRPC.PerSec))
+	fmt.Fprintf(tw, "gRPC GetMasterKey, %d conns\t%.0f\t%.2f\t%.2f\t%d\t\t\t\t\t\t\t%.2fx KMIP/gRPC\t\n", conns, s.GRPC.PerSec, s.GRPC.P50Ms, s.GRPC.P99Ms, s.GRPC.Errors, kmipRatio(s.Keybroker.GetConc.PerSec, s.GRPC.PerSec))
 	tw.Flush()
-	fmt.Fprintf(w, "* not judged: the TLS handshake alone, the floor under a new-connection poll.\n\n")
+	fmt.Fprintf(w, "* not judged: the TLS handshake alone, the floor under a new-connection poll.\nCPU µs/op: the server process's user+system CPU per successful operation (/proc, 10 ms ticks).\n\n")
 	for _, r := range []struct {
 		n string
 		r kmipRate
