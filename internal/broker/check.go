@@ -275,6 +275,7 @@ func (b *Broker) reload(ctx context.Context) error {
 		clear(raw)
 		_ = b.cache.Put(v.ID, key) // the cache owns key even when Put fails (shutting down)
 	}
+	b.reloadObjects(ctx) // objects.go
 	return nil
 }
 

@@ -429,3 +429,28 @@ func (b *Broker) Objects() []keystore.Key {
 	slices.SortStableFunc(out, func(a, b keystore.Key) int { return a.Created.Compare(b.Created) })
 	return out
 }
+
+// reloadObjects loads the Active KMIP objects back into memory on resume,
+// as Warm does at start, so that engines' Gets after RESUMED make no Key
+// Vault call. Best effort: an object that fails to load is logged and
+// loads on its first use.
+func (b *Broker) reloadObjects(ctx context.Context) {
+	for _, k := range b.store.Keys() {
+		if k.Object == nil || k.State != keystore.StateActive {
+			continue
+		}
+		v := k.Versions[0]
+		raw, err := b.wrapper.UnwrapKey(ctx, v.Copies)
+		if err == nil && len(raw) != keySize(k) {
+			err = fmt.Errorf("broker: KMIP object %s unwrapped to %d bytes, want %d", k.ID, len(raw), keySize(k))
+		}
+		if err != nil {
+			clear(raw)
+			b.log.WarnContext(ctx, "KMIP object not reloaded on resume; it loads on first use", "id", k.ID, "err", err)
+			continue
+		}
+		key := secret.New(raw)
+		clear(raw)
+		_ = b.cache.Put(v.ID, key)
+	}
+}

@@ -86,6 +86,10 @@ func TestObjectsOwnershipAndPause(t *testing.T) {
 	if got, _ := b.ObjectAttributes(ctx, engineA, info.ID); got.State != keystore.StateActive {
 		t.Fatalf("resumed: State = %v, want Active", got.State)
 	}
+	k, _ := b.store.Key(info.ID)
+	if !slices.Contains(b.cache.Keys(), k.Versions[0].ID) {
+		t.Fatal("resumed: the Active object is not back in memory")
+	}
 	if _, key, err := b.ObjectKey(ctx, engineA, info.ID); err != nil || !bytes.Equal(key, seed) {
 		t.Fatalf("resumed: ObjectKey = %d bytes, %v; want the 96 registered bytes", len(key), err)
 	}
