@@ -132,6 +132,7 @@ log:
 	addrs := make(chan [2]string, 1)
 	go func() {
 		var kmipAddr, grpcAddr string
+		sent := false
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			var rec struct {
@@ -147,9 +148,9 @@ log:
 			case "serving":
 				grpcAddr = rec.Address
 			}
-			if kmipAddr != "" && grpcAddr != "" && addrs != nil {
+			if kmipAddr != "" && grpcAddr != "" && !sent {
 				addrs <- [2]string{kmipAddr, grpcAddr}
-				addrs = nil
+				sent = true
 			}
 		}
 	}()
