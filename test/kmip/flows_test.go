@@ -1,6 +1,10 @@
 package kmip_test
 
 import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/hex"
 	"slices"
 	"testing"
 )
@@ -226,4 +230,55 @@ func TestAdminManagesEngineKeys(t *testing.T) {
 	var s stateReport
 	flow(t, engine, &s, "state", "--uid", m.UID)
 	s.wantState(t, "DESTROYED")
+}
+
+// TestMongocryptDelegated is newer libmongocrypt with delegated encryption
+// (KMIP 1.2, one operation per connection): Create, Activate, Encrypt with
+// AES-CBC/PKCS5 and a server-generated IV, Decrypt. The ciphertext is also
+// decrypted here with the key from Get, so the cipher is the one asked for.
+func TestMongocryptDelegated(t *testing.T) {
+	t.Parallel()
+	d := sharedDev(t)
+	var r struct {
+		Create        outcome `json:"create"`
+		UID           string  `json:"uid"`
+		Activate      outcome `json:"activate"`
+		Encrypt       outcome `json:"encrypt"`
+		PlaintextHex  string  `json:"plaintext_hex"`
+		CiphertextHex string  `json:"ciphertext_hex"`
+		IVHex         string  `json:"iv_hex"`
+		Decrypt       outcome `json:"decrypt"`
+		Equal         *bool   `json:"equal"`
+	}
+	flow(t, engineEndpoint(d), &r, "mongocrypt-delegated")
+	r.Create.wantSuccess(t, "CREATE")
+	r.Activate.wantSuccess(t, "ACTIVATE")
+	r.Encrypt.wantSuccess(t, "ENCRYPT")
+	r.Decrypt.wantSuccess(t, "DECRYPT")
+	if r.Equal == nil || !*r.Equal {
+		t.Fatal("Decrypt did not return the plaintext given to Encrypt")
+	}
+
+	var k keyReport
+	flow(t, engineEndpoint(d), &k, "get", "--uid", r.UID)
+	k.wantAES256(t, r.UID)
+	key, _ := hex.DecodeString(k.KeyHex)
+	ct, _ := hex.DecodeString(r.CiphertextHex)
+	iv, _ := hex.DecodeString(r.IVHex)
+	if len(iv) != aes.BlockSize || len(ct) == 0 || len(ct)%aes.BlockSize != 0 {
+		t.Fatalf("Encrypt returned %d bytes of ciphertext and a %d-byte IV, want whole AES blocks and a 16-byte IV", len(ct), len(iv))
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := make([]byte, len(ct))
+	cipher.NewCBCDecrypter(block, iv).CryptBlocks(pt, ct)
+	pad := int(pt[len(pt)-1])
+	if pad < 1 || pad > aes.BlockSize || !bytes.Equal(pt[len(pt)-pad:], bytes.Repeat([]byte{byte(pad)}, pad)) {
+		t.Fatalf("the ciphertext does not end in PKCS5 padding under AES-CBC with the key from Get")
+	}
+	if hex.EncodeToString(pt[:len(pt)-pad]) != r.PlaintextHex {
+		t.Fatal("AES-CBC decryption here, with the key from Get, does not give the plaintext")
+	}
 }

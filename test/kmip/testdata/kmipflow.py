@@ -315,6 +315,46 @@ def flow_secretdata(args):
     return res
 
 
+def flow_mongocrypt_delegated(args):
+    """Newer libmongocrypt with delegated encryption (KMIP 1.2, one operation
+    per connection, abrupt close): Create AES-256 (usage mask 12), Activate,
+    Encrypt 96 bytes with AES-CBC/PKCS5 and a server-generated IV, Decrypt."""
+    data = os.urandom(96)
+
+    def one(op, payload):
+        c = Conn(args, version="1.2")
+        try:
+            return c.call(op, payload)[0]
+        finally:
+            c.close(notify=False)
+
+    def params(encrypt):
+        return attr.CryptographicParameters(
+            block_cipher_mode=enums.BlockCipherMode.CBC, padding_method=enums.PaddingMethod.PKCS5,
+            cryptographic_algorithm=enums.CryptographicAlgorithm.AES, random_iv=True if encrypt else None)
+
+    it = one(enums.Operation.CREATE, payloads.CreateRequestPayload(
+        object_type=enums.ObjectType.SYMMETRIC_KEY, template_attribute=template()))
+    res = {"create": outcome(it)}
+    if res["create"]["status"] != "SUCCESS":
+        return res
+    uid = uid_of(it)
+    res["uid"] = uid
+    res["activate"] = outcome(one(enums.Operation.ACTIVATE, payloads.ActivateRequestPayload(unique_identifier=attr.UniqueIdentifier(uid))))
+    it = one(enums.Operation.ENCRYPT, payloads.EncryptRequestPayload(unique_identifier=uid, cryptographic_parameters=params(True), data=data))
+    res["encrypt"] = outcome(it)
+    if res["encrypt"]["status"] != "SUCCESS":
+        return res
+    ct, iv = it.response_payload.data, it.response_payload.iv_counter_nonce
+    # Reported so the caller can check the cipher on its own with the key.
+    res["plaintext_hex"], res["ciphertext_hex"], res["iv_hex"] = data.hex(), (ct or b"").hex(), (iv or b"").hex()
+    it = one(enums.Operation.DECRYPT, payloads.DecryptRequestPayload(unique_identifier=uid, cryptographic_parameters=params(False), data=ct, iv_counter_nonce=iv))
+    res["decrypt"] = outcome(it)
+    if res["decrypt"]["status"] == "SUCCESS":
+        res["equal"] = it.response_payload.data == data
+    return res
+
+
 def locate_ids(item):
     r = outcome(item)
     ids = []
@@ -481,7 +521,7 @@ def flow_watch(args):
 FLOWS = {
     "mongod": flow_mongod, "mongod-existing": flow_mongod_existing, "percona": flow_percona,
     "secretdata": flow_secretdata, "locate": flow_locate, "lifecycle": flow_lifecycle,
-    "wire": flow_wire, "watch": flow_watch,
+    "wire": flow_wire, "watch": flow_watch, "mongocrypt-delegated": flow_mongocrypt_delegated,
 }
 
 
