@@ -163,3 +163,12 @@ test-memory-ci:
 ## test-memory: the memory-scan tests with MEMSCAN_CALLS calls of each key RPC per scan, verbose.
 test-memory:
 	GOEXPERIMENT=$(MEMSCAN_GOEXPERIMENT) $(GO) test -count=1 -timeout 30m -v -run '^TestMemoryScan' ./cmd/keybroker/ -args -memscan-calls=$(MEMSCAN_CALLS)
+
+# KMIP front-end (issue 11): its message path is fuzzed with the others, and in make test.
+FUZZ_TARGETS += ./internal/kmip:FuzzHandleMessage
+FUZZ_CI_TARGETS += ./internal/kmip:FuzzHandleMessage
+
+## bench-kmip: KMIP Get (1 and 20 connections) and new-connection State polls against keybroker dev and pykmip-server, plus gRPC GetMasterKey (docs/kmip.md).
+bench-kmip: build
+	$(BIN)/kbload bench-kmip --keybroker $(BIN)/keybroker $(BENCH_KMIP_FLAGS)
+.PHONY: bench-kmip

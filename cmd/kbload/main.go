@@ -62,6 +62,7 @@ func program() *cli.Program[*env] {
 			{Name: "bench-revocation", Summary: "revoke the key under GetMasterKey load: time to the PAUSE event, keys served after it (docs/revocation.md)", Run: runBenchRevocation},
 			{Name: "load", Summary: "the ghz scenarios of load/ (steady, mix, burst, cold-start storm), with a table and HTML reports", Run: runLoad},
 			{Name: "soak", Summary: "steady load for --duration, sampling /metrics: no failed call, no growing memory or goroutines", Run: runSoak},
+			{Name: "bench-kmip", Summary: "KMIP Get (1 and N connections) and new-connection State polls against keybroker and pykmip-server, and gRPC GetMasterKey (docs/kmip.md)", Run: runBenchKMIP},
 			{Name: "bench-failover", Summary: "the cold path while the primary region is black-holed, then answers 503: errors, p50/p99 (docs/failover.md)", Run: runBenchFailover},
 		},
 		NameWidth: 8,

@@ -282,6 +282,7 @@ func printStatus(w io.Writer, st *keybrokerv1.GetStatusResponse) {
 		}
 		fmt.Fprintf(w, "key %s (%s): %s, current version %s (%s), %d version(s), wrapped by %s\n",
 			k.GetName(), k.GetId(), k.GetState(), k.GetCurrentVersion(), loaded, len(k.GetVersions()), strings.Join(k.GetCmkKeyIds(), ", "))
+		fmt.Fprintf(w, "  KMIP Unique Identifier: %s (this version; mongod --kmipKeyIdentifier)\n", k.GetCurrentVersion())
 	}
 	for _, a := range st.GetAlerts() {
 		fmt.Fprintf(w, "ALERT %s: %s\n", a.GetCode(), a.GetMessage())

@@ -16,6 +16,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -34,6 +35,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/ovh/kmip-go"
+	"github.com/ovh/kmip-go/kmipclient"
 
 	"github.com/keybroker/keybroker/internal/akvemu"
 	"github.com/keybroker/keybroker/internal/config"
@@ -82,7 +86,7 @@ func TestCrashHelper(t *testing.T) {
 			cfg.Rotation.MasterKeyInterval = config.Duration(crashRotateEvery)
 			cfg.Validation.Interval = config.Duration(200 * time.Millisecond)
 			logger, _ := newLogger(os.Stderr, cfg.Log)
-			err = serve(ctx, cfg, logger, func(at listening) { fmt.Println(crashReady + at.Address) })
+			err = serve(ctx, cfg, logger, func(at listening) { fmt.Println(crashReady + at.Address + " " + at.KMIP) })
 		}
 	default:
 		err = fmt.Errorf("unknown %s %q", crashHelperEnv, mode)
@@ -106,6 +110,16 @@ type crashState struct {
 	blobs    []crashBlob         // WrapDEK blobs acknowledged
 	keys     map[string][]byte   // master key per version, once unwrapped
 	verified map[[32]byte]string // copies already unwrapped: hash -> version
+	objects  map[string][]byte   // KMIP Register acknowledged: id -> bytes
+}
+
+func (s *crashState) addObject(id string, key []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.objects == nil {
+		s.objects = map[string][]byte{}
+	}
+	s.objects[id] = key
 }
 
 func (s *crashState) addRotated(v string) {
@@ -239,6 +253,7 @@ func crashConfig(t *testing.T, h *harness, dir string) (string, *config.Config) 
 	data = regexp.MustCompile(`(?m)^  dir: .*$`).ReplaceAll(data, []byte(fmt.Sprintf("  dir: %q", dir)))
 	data = regexp.MustCompile(`(?m)^  key_id: .*$`).ReplaceAll(data, []byte(fmt.Sprintf("  key_id: %q", versionless(h.info.KeyIDs[0]))))
 	data = regexp.MustCompile(`(?m)^  level: debug$`).ReplaceAll(data, []byte("  level: error"))
+	data = append(data, "kmip:\n  address: \"127.0.0.1:0\"\n"...) // KMIP objects are killed mid-Register too
 	path := dir + ".yaml"
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
@@ -282,6 +297,7 @@ func TestCrashRotation(t *testing.T) {
 	}
 	t.Logf("%d kills landed (%d on init; %d runs killed around a CMK rewrap) in %d attempts", ct.landed, ct.initKills, ct.rewrapRuns, ct.attempts)
 	t.Logf("checked after the kills: %d acknowledged RotateDEK versions, %d acknowledged blobs, up to %d versions per keystore, %d keystores left half rewrapped", ct.rotations, ct.blobs, ct.maxVersions, ct.halfRewrapped)
+	t.Logf("and %d acknowledged KMIP Registers (their bytes unwrapped after each kill, and Get over KMIP at the end)", ct.objects)
 }
 
 // crashTest is one TestCrashRotation run.
@@ -293,10 +309,11 @@ type crashTest struct {
 	initWindow time.Duration // how long an unkilled init process lives
 	readyIn    time.Duration // how long serve took to listen, last time
 
-	dir     string
-	cfgPath string
-	cfg     *config.Config
-	wrapper interface {
+	dir      string
+	cfgPath  string
+	kmipAddr string // the helper's KMIP listener, once serving
+	cfg      *config.Config
+	wrapper  interface {
 		UnwrapKey(context.Context, []kek.Wrapped) ([]byte, error)
 	}
 	state *crashState
@@ -306,6 +323,8 @@ type crashTest struct {
 	// most versions a keystore held, and keystores left half rewrapped
 	// (some versions with two copies, some with one).
 	rotations, blobs, maxVersions, halfRewrapped int
+	objects                                      int // KMIP objects acknowledged and checked
+	kmip                                         *kmipclient.Client
 }
 
 // calibrateInit times one init process that is not killed.
@@ -408,6 +427,7 @@ func (ct *crashTest) killAfter(c *crashChild, d time.Duration, during func(ctx c
 // automatic rotations, or during a CMK rewrap.
 func (ct *crashTest) serveAndKill() {
 	t := ct.t
+	defer ct.closeKMIP()
 	start := time.Now()
 	c := startCrashChild(t, "serve", ct.cfgPath)
 	mode := ct.rng.IntN(3)
@@ -451,6 +471,9 @@ func (ct *crashTest) load(ctx context.Context, eng, adm keybrokerv1.KeyBrokerSer
 			return
 		}
 		ct.state.addBlob(crashBlob{blob: w.GetWrappedDek(), dek: dek, aad: aad})
+		if i%10 == 5 && !ct.registerObject(ctx) {
+			return
+		}
 		if i%4 == 3 && rotations < crashRotations {
 			r, err := adm.RotateDEK(ctx, &keybrokerv1.RotateDEKRequest{})
 			if err != nil {
@@ -461,6 +484,27 @@ func (ct *crashTest) load(ctx context.Context, eng, adm keybrokerv1.KeyBrokerSer
 		}
 	}
 	<-ctx.Done()
+}
+
+// registerObject registers a fresh AES-256 key over KMIP and records it
+// once acknowledged; false when the broker is gone.
+func (ct *crashTest) registerObject(ctx context.Context) bool {
+	if ct.kmip == nil {
+		c, err := kmipclient.DialContext(ctx, ct.kmipAddr, kmipclient.WithRootCAFile(ct.h.files.CA),
+			kmipclient.WithClientCertFiles(ct.h.files.EngineCert, ct.h.files.EngineKey), kmipclient.EnforceVersion(kmip.V1_2))
+		if err != nil {
+			return false
+		}
+		ct.kmip = c
+	}
+	key := make([]byte, 32)
+	cryptorand.Read(key)
+	r, err := ct.kmip.Register().SymmetricKey(kmip.CryptographicAlgorithmAES, kmip.CryptographicUsageEncrypt|kmip.CryptographicUsageDecrypt, bytes.Clone(key)).ExecContext(ctx)
+	if err != nil {
+		return false
+	}
+	ct.state.addObject(r.UniqueIdentifier, key)
+	return true
 }
 
 // verify opens the keystore the killed broker left and checks it: it
@@ -509,6 +553,15 @@ func (ct *crashTest) verify(when string) {
 			ct.halfRewrapped++
 		}
 	}
+	for id, want := range s.objects {
+		k, err := store.Key(id)
+		if err != nil || k.Object == nil || len(k.Versions) != 1 {
+			t.Fatalf("%s (kill %d): acknowledged KMIP object %s: %+v, %v; want it with one version", when, ct.landed, id, k, err)
+		}
+		if got, ok := s.keys[k.Versions[0].ID]; !ok || !bytes.Equal(got, want) {
+			t.Fatalf("%s (kill %d): acknowledged KMIP object %s does not unwrap to its registered bytes", when, ct.landed, id)
+		}
+	}
 	for i, b := range s.blobs {
 		hd, err := envelope.Parse(b.blob)
 		if err != nil {
@@ -545,6 +598,17 @@ func (ct *crashTest) finalCheck() {
 			t.Fatalf("after %d kills, UnwrapDEK(acknowledged blob %d) = %v, want its data key\n%s", ct.landed, i, err, c.stderr)
 		}
 	}
+	ct.closeKMIP()
+	s.mu.Lock()
+	objects := s.objects
+	ct.objects += len(objects)
+	s.mu.Unlock()
+	for id, want := range objects {
+		if !ct.registerObjectCheck(ctx, id, want) {
+			t.Fatalf("after %d kills, KMIP Get(acknowledged object %s) did not return its bytes\n%s", ct.landed, id, c.stderr)
+		}
+	}
+	ct.closeKMIP()
 	c.kill()
 }
 
@@ -554,6 +618,7 @@ func (ct *crashTest) waitReady(c *crashChild, what string) string {
 	t.Helper()
 	select {
 	case addr := <-c.ready:
+		addr, ct.kmipAddr, _ = strings.Cut(addr, " ")
 		return addr
 	case err := <-c.exited:
 		c.ended(err)
@@ -607,5 +672,31 @@ func TestInitFinishesInterruptedInit(t *testing.T) {
 				t.Fatalf("keys after %v = %d, want %d", tc.args, n, tc.keys)
 			}
 		})
+	}
+}
+
+// registerObjectCheck Gets object id over KMIP and compares its bytes.
+func (ct *crashTest) registerObjectCheck(ctx context.Context, id string, want []byte) bool {
+	if ct.kmip == nil {
+		c, err := kmipclient.DialContext(ctx, ct.kmipAddr, kmipclient.WithRootCAFile(ct.h.files.CA),
+			kmipclient.WithClientCertFiles(ct.h.files.EngineCert, ct.h.files.EngineKey), kmipclient.EnforceVersion(kmip.V1_2))
+		if err != nil {
+			return false
+		}
+		ct.kmip = c
+	}
+	g, err := ct.kmip.Get(id).ExecContext(ctx)
+	if err != nil {
+		return false
+	}
+	got, err := g.SymmetricKey()
+	return err == nil && bytes.Equal(got, want)
+}
+
+// closeKMIP drops the KMIP connection of a broker that is gone or done.
+func (ct *crashTest) closeKMIP() {
+	if ct.kmip != nil {
+		ct.kmip.Close()
+		ct.kmip = nil
 	}
 }

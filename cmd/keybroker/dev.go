@@ -38,6 +38,13 @@ type devInfo struct {
 	ControlURL string `json:"control_url"`
 	AdminURL   string `json:"admin_url"` // /metrics, /healthz, /readyz
 	Emulator   any    `json:"emulator"`
+	// KMIP (kmip.go): the listener, the CA to verify it, the engine and
+	// admin client certificate+key PEMs, and the master key's KMIP id.
+	KMIPAddress     string `json:"kmip_address"`
+	KMIPCA          string `json:"kmip_ca"`
+	KMIPEnginePEM   string `json:"kmip_engine_pem"`
+	KMIPAdminPEM    string `json:"kmip_admin_pem"`
+	MasterKeyKMIPID string `json:"master_key_kmip_id"`
 }
 
 func runDev(ctx context.Context, e *env, args []string) error {
@@ -45,6 +52,7 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	dir := fs.String("dir", ".dev", "directory for the dev PKI, the emulator's state, the keystore and the generated configuration")
 	addr := fs.String("addr", "127.0.0.1:7443", "TCP address to serve on (127.0.0.1:0 picks a free port)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	kmipAddr := fs.String("kmip-addr", "", "KMIP address (default 127.0.0.1:5696, or a free port when --addr ends in :0)")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -75,7 +83,11 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	}
 
 	cfgPath := filepath.Join(abs, devConfigFile)
-	yaml := devConfig(abs, *addr, files, info)
+	yaml := devConfig(abs, *addr, files, info) + devKMIPConfig(devKMIPAddr(*kmipAddr, *addr))
+	enginePEM, adminPEM, err := writeKMIPPEMs(files)
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", cfgPath, err)
 	}
@@ -89,14 +101,17 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	}
 
 	return serve(ctx, cfg, logger, func(at listening) {
+		masterID, _ := at.Broker.MasterKeyObjectID()
 		line, _ := json.Marshal(devInfo{
 			Address: at.Address, UnixSocket: at.Unix, Config: cfgPath, Keystore: cfg.Keystore.Dir,
 			CA: files.CA, EngineCert: files.EngineCert, EngineKey: files.EngineKey,
 			AdminCert: files.AdminCert, AdminKey: files.AdminKey,
 			KeyID: info.KeyIDs[0], ControlURL: info.ControlURL, AdminURL: at.Admin, Emulator: info,
+			KMIPAddress: at.KMIP, KMIPCA: files.CA, KMIPEnginePEM: enginePEM, KMIPAdminPEM: adminPEM, MasterKeyKMIPID: masterID,
 		})
 		fmt.Fprintln(e.stdout, string(line))
 		fmt.Fprint(e.stdout, devHint(abs, at.Address, files))
+		fmt.Fprint(e.stdout, devKMIPHint(at.KMIP, files.CA, enginePEM, masterID))
 	})
 }
 

@@ -58,6 +58,7 @@ func program() *cli.Program[*env] {
 			{Name: "rewrap", Summary: "add the wrapped copies a configured region's key lacks (broker stopped)", Run: runRewrap},
 			{Name: "rotate-cmk", Summary: "rewrap the master keys under a new customer key, or drop the old copies with --finalize (broker stopped)", Run: runRotateCMK},
 			{Name: "version", Summary: "print the version, VCS revision and time, and Go version of this binary", Run: runVersion},
+			{Name: "kmip", Summary: "list, revoke or destroy KMIP objects over KMIP (admin): kmip list|revoke ID|destroy ID", Run: runKMIP},
 		},
 		NameWidth: 15,
 		Footer:    "Run 'keybroker COMMAND -h' for a command's flags. Exit codes are listed in the README.",

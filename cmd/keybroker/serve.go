@@ -99,6 +99,7 @@ type listening struct {
 	// Broker is the running service, for in-process tests that look at
 	// what it holds in memory.
 	Broker *broker.Broker
+	KMIP   string // KMIP host:port, "" when kmip.address is not set
 }
 
 // serve runs the broker until ctx ends: open the keystore, load the keys
@@ -219,6 +220,13 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		lis = append(lis, l)
 		at.Unix = cfg.Listen.Unix
 	}
+	kmipAddr, stopKMIP, err := startKMIP(cfg, b, logger, obs.kmipMetrics()) // kmip.go
+	if err != nil {
+		closeAll()
+		return err
+	}
+	defer stopKMIP()
+	at.KMIP = kmipAddr
 
 	checks, stopChecks := context.WithCancel(ctx)
 	defer stopChecks()

@@ -251,8 +251,8 @@ func (b *Broker) load(ctx context.Context, versionID string) (*secret.Bytes, err
 		return nil, err
 	}
 	defer clear(raw)
-	if len(raw) != MasterKeySize {
-		return nil, fmt.Errorf("broker: key %q version %s unwrapped to %d bytes, want %d: the keystore copy is not a keybroker master key", k.Name, v.ID, len(raw), MasterKeySize)
+	if len(raw) != keySize(k) {
+		return nil, fmt.Errorf("broker: key %q version %s unwrapped to %d bytes, want %d: the keystore copy is not the key it describes", k.Name, v.ID, len(raw), keySize(k))
 	}
 	b.observe(nil)
 	return secret.New(raw), nil

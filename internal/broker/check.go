@@ -247,7 +247,7 @@ func (b *Broker) checkOne(ctx context.Context, region string, sets [][]kek.Wrapp
 func (b *Broker) activeVersions() []keystore.Version {
 	var out []keystore.Version
 	for _, k := range b.store.Keys() {
-		if k.State != keystore.StateActive {
+		if k.State != keystore.StateActive || k.Object != nil { // KMIP objects load on demand (objects.go)
 			continue
 		}
 		if v, ok := k.Current(); ok {
@@ -275,6 +275,7 @@ func (b *Broker) reload(ctx context.Context) error {
 		clear(raw)
 		_ = b.cache.Put(v.ID, key) // the cache owns key even when Put fails (shutting down)
 	}
+	b.reloadObjects(ctx) // objects.go
 	return nil
 }
 

@@ -178,7 +178,7 @@ func (b *Broker) KeyAges() KeyAges {
 	now := b.now()
 	var ages KeyAges
 	for _, k := range b.store.Keys() {
-		if k.State != keystore.StateActive {
+		if k.State != keystore.StateActive || k.Object != nil {
 			continue
 		}
 		if v, ok := k.Current(); ok {
@@ -373,8 +373,8 @@ func (b *Broker) rewrapVersion(ctx context.Context, k keystore.Key, v keystore.V
 		return nil, fmt.Errorf("broker: unwrapping key %q version %s to rewrap it: %w", k.Name, v.ID, err)
 	}
 	defer clear(raw)
-	if len(raw) != MasterKeySize {
-		return nil, fmt.Errorf("broker: key %q version %s unwrapped to %d bytes, want %d: the keystore copy is not a keybroker master key", k.Name, v.ID, len(raw), MasterKeySize)
+	if len(raw) != keySize(k) {
+		return nil, fmt.Errorf("broker: key %q version %s unwrapped to %d bytes, want %d: the keystore copy is not the key it describes", k.Name, v.ID, len(raw), keySize(k))
 	}
 	fresh, err := b.wrapper.WrapKey(ctx, raw)
 	if err == nil && len(fresh) == 0 {
@@ -471,8 +471,8 @@ func (b *Broker) finalizeLocked(ctx context.Context, targets []string, keys []ke
 	// Prove every copy that stays before dropping anything.
 	for _, p := range plan {
 		raw, err := b.wrapper.UnwrapKey(ctx, p.keep[:1])
-		if err == nil && len(raw) != MasterKeySize {
-			err = fmt.Errorf("unwrapped to %d bytes, want %d", len(raw), MasterKeySize)
+		if err == nil && len(raw) != keySize(p.k) {
+			err = fmt.Errorf("unwrapped to %d bytes, want %d", len(raw), keySize(p.k))
 		}
 		if err == nil {
 			err = proveCopies(ctx, b.wrapper, raw, p.keep[1:])
@@ -580,7 +580,7 @@ func (b *Broker) rotateDueLocked(ctx context.Context, now time.Time) {
 	}
 	for _, k := range b.store.Keys() {
 		cur, ok := k.Current()
-		if k.State != keystore.StateActive || !ok || now.Sub(cur.Created) < r.cfg.MasterKeyInterval {
+		if k.State != keystore.StateActive || !ok || k.Object != nil || now.Sub(cur.Created) < r.cfg.MasterKeyInterval {
 			continue
 		}
 		r.mu.Lock()
@@ -704,7 +704,7 @@ func (b *Broker) nextRotationWake(now time.Time) time.Duration {
 	targets := r.targets
 	r.mu.Unlock()
 	for _, k := range b.store.Keys() {
-		if cur, ok := k.Current(); ok && k.State == keystore.StateActive {
+		if cur, ok := k.Current(); ok && k.State == keystore.StateActive && k.Object == nil {
 			at(cur.Created.Add(r.cfg.MasterKeyInterval))
 			if r.cfg.RetainFor > 0 {
 				for _, v := range k.Versions[1:] {
@@ -741,7 +741,7 @@ func (b *Broker) rotationAlerts(now time.Time) []rotationAlert {
 	r.mu.Unlock()
 	for _, k := range b.store.Keys() {
 		cur, ok := k.Current()
-		if k.State != keystore.StateActive || !ok {
+		if k.State != keystore.StateActive || !ok || k.Object != nil {
 			continue
 		}
 		age := now.Sub(cur.Created)

@@ -34,6 +34,9 @@ func (b *Broker) GetStatus(ctx context.Context, _ *keybrokerv1.GetStatusRequest)
 		loaded[id] = true
 	}
 	for _, k := range b.store.Keys() {
+		if k.Object != nil {
+			continue // KMIP objects: 'keybroker kmip list'
+		}
 		ks := &keybrokerv1.KeyStatus{Name: k.Name, Id: k.ID, State: string(k.State)}
 		cmks := make(map[string]bool)
 		for _, v := range k.Versions {

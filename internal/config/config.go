@@ -42,6 +42,8 @@ type Config struct {
 	Admin         Admin         `yaml:"admin"`
 	// Telemetry comes from the environment only, never from the file.
 	Telemetry Telemetry `yaml:"-"`
+	// KMIP configures the KMIP front-end (kmip.go); an empty address is off.
+	KMIP KMIP `yaml:"kmip"`
 }
 
 // Keystore says where the wrapped master keys live.
@@ -365,6 +367,7 @@ func (c *Config) fillDefaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "json"
 	}
+	c.fillKMIPDefaults()
 	if len(c.Azure.Regions) == 0 && c.Azure.KeyID != "" {
 		c.Azure.Regions = []Region{{Name: "primary", VaultURL: c.Azure.VaultURL, KeyID: c.Azure.KeyID, Implied: true}}
 	}
@@ -452,6 +455,7 @@ func (v *validator) check(c *Config) {
 		v.addf("validation.interval", "%s is too short: at least 1s", c.Validation.Interval.D())
 	}
 	v.checkRotation(&c.Rotation)
+	v.checkKMIP(c)
 	if l := c.Log.Level; l != "" && !slices.Contains([]string{"debug", "info", "warn", "error"}, l) {
 		v.addf("log.level", "%q: want debug, info, warn or error", l)
 	}

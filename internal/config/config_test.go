@@ -111,6 +111,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("keystore: {dir: x}\nazure: {regions: [{name: a}]}"))
 	f.Add([]byte("cache: {ttl: -1s}"))
 	f.Add([]byte("rotation: {master_key_interval: 90d, retain_versions: 2, cmk_rotation_alert: 400d}"))
+	f.Add([]byte(valid + "kmip: {address: \"127.0.0.1:5696\", max_connections: 8, idle_timeout: 1m}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("fuzz.yaml", data, nil)
 		if err != nil {

@@ -42,4 +42,14 @@
 //
 // The file format is described in format.go; its body is JSON so that an
 // operator can read a key file without keybroker.
+//
+// # KMIP objects
+//
+// A key that a KMIP client created or registered (CreateObject) carries
+// an Object: its owner, KMIP type and attributes. Its keystore name is
+// "kmip-" and its id, its id is its KMIP Unique Identifier, and it has
+// exactly one version, so that the identifier always names the same bytes
+// (AddVersion refuses it). Its file is written in format version 2, which
+// adds the "kmip" field; files of keys without one stay version 1, so a
+// keystore without KMIP objects remains readable by older keybrokers.
 package keystore

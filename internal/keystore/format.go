@@ -24,7 +24,7 @@ import (
 //
 //	offset  size  field
 //	0       8     magic "\x89KBKS\r\n\x1a" (PNG-style: a text-mode copy or a 7-bit channel breaks it)
-//	8       2     format version, big-endian (1)
+//	8       2     format version, big-endian (1, or 2 for a key file holding KMIP object attributes)
 //	10      1     file kind: 'M' keystore.meta, 'K' a key file
 //	11      1     reserved, 0
 //	12      4     body length n, big-endian
@@ -32,9 +32,14 @@ import (
 //	16+n    32    SHA-256 of bytes [0, 16+n)
 const (
 	magic         = "\x89KBKS\r\n\x1a"
-	formatVersion = 1
-	headerLen     = 16
-	sumLen        = sha256.Size
+	formatVersion = 2 // the newest version this keybroker reads
+	// baseVersion is written for every file that version 1 can describe,
+	// so that a keystore without KMIP objects stays readable by a
+	// keybroker that predates them. Version 2 adds the "kmip" field of a
+	// key file.
+	baseVersion = 1
+	headerLen   = 16
+	sumLen      = sha256.Size
 	// maxBody bounds a key file at about ten thousand versions with two
 	// copies each, far beyond any rotation schedule, and keeps a damaged
 	// length field from making the reader allocate gigabytes.
@@ -64,11 +69,14 @@ func kindName(k byte) string {
 	return fmt.Sprintf("unknown (0x%02x)", k)
 }
 
-// encodeFrame wraps body in the frame.
-func encodeFrame(kind byte, body []byte) []byte {
+// encodeFrame wraps body in a version-1 frame.
+func encodeFrame(kind byte, body []byte) []byte { return encodeFrameVersion(kind, baseVersion, body) }
+
+// encodeFrameVersion wraps body in the frame of format version ver.
+func encodeFrameVersion(kind byte, ver uint16, body []byte) []byte {
 	out := make([]byte, 0, headerLen+len(body)+sumLen)
 	out = append(out, magic...)
-	out = binary.BigEndian.AppendUint16(out, formatVersion)
+	out = binary.BigEndian.AppendUint16(out, ver)
 	out = append(out, kind, 0)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(body)))
 	out = append(out, body...)
@@ -134,6 +142,18 @@ type (
 		Created  time.Time     `json:"created"`
 		Updated  time.Time     `json:"updated"`
 		Versions []versionJSON `json:"versions"`
+		Object   *objectJSON   `json:"kmip,omitempty"` // format version 2
+	}
+	objectJSON struct {
+		Owner          string     `json:"owner"`
+		Type           ObjectType `json:"type"`
+		SecretDataType string     `json:"secret_data_type,omitempty"`
+		Algorithm      string     `json:"algorithm,omitempty"`
+		Length         int        `json:"length"`
+		UsageMask      uint32     `json:"usage_mask"`
+		Names          []string   `json:"names,omitempty"`
+		Activated      *time.Time `json:"activated,omitempty"`
+		Deactivated    *time.Time `json:"deactivated,omitempty"`
 	}
 	versionJSON struct {
 		ID      string       `json:"id"`
@@ -204,11 +224,17 @@ func encodeKey(k *Key) ([]byte, error) {
 		}
 		j.Versions = append(j.Versions, vj)
 	}
+	ver := uint16(baseVersion)
+	if o := k.Object; o != nil {
+		ver = 2
+		j.Object = &objectJSON{Owner: o.Owner, Type: o.Type, SecretDataType: o.SecretDataType, Algorithm: o.Algorithm,
+			Length: o.Length, UsageMask: o.UsageMask, Names: o.Names, Activated: optTime(o.Activated), Deactivated: optTime(o.Deactivated)}
+	}
 	body, err := json.Marshal(j)
 	if err != nil {
 		return nil, fmt.Errorf("keystore: encoding key %s: %w", k.ID, err)
 	}
-	return encodeFrame(kindKey, body), nil
+	return encodeFrameVersion(kindKey, ver, body), nil
 }
 
 // decodeKey parses and validates one key file. It does not check the file
@@ -234,6 +260,16 @@ func decodeKey(path string, data []byte) (*Key, error) {
 		}
 		k.Versions = append(k.Versions, v)
 	}
+	if o := j.Object; o != nil {
+		if binary.BigEndian.Uint16(data[8:10]) < 2 {
+			return nil, corruptf(path, "format version 1 has no \"kmip\" field although its checksum matches: a bug wrote it; restore it from a backup")
+		}
+		k.Object = &Object{Owner: o.Owner, Type: o.Type, SecretDataType: o.SecretDataType, Algorithm: o.Algorithm,
+			Length: o.Length, UsageMask: o.UsageMask, Names: o.Names, Activated: fromOptTime(o.Activated), Deactivated: fromOptTime(o.Deactivated)}
+	}
+	if k.Object != nil && len(k.Object.Names) == 0 {
+		k.Object.Names = nil // "names": [] and no names are the same
+	}
 	if err := validateKey(k); err != nil {
 		return nil, corruptf(path, "%v; restore it from a backup", err)
 	}
@@ -257,6 +293,14 @@ func validateKey(k *Key) error {
 	}
 	if len(k.Versions) == 0 {
 		return fmt.Errorf("key %s: has no version", k.ID)
+	}
+	if k.Object != nil {
+		if err := checkObject(k.Object); err != nil {
+			return fmt.Errorf("key %s: %w", k.ID, err)
+		}
+		if len(k.Versions) != 1 {
+			return fmt.Errorf("key %s: a KMIP object has exactly one version, not %d", k.ID, len(k.Versions))
+		}
 	}
 	seen := make(map[string]bool, len(k.Versions))
 	for i, v := range k.Versions {
@@ -432,4 +476,19 @@ func quote(s string) string {
 		return fmt.Sprintf("%q... (%d bytes)", s[:max], len(s))
 	}
 	return fmt.Sprintf("%q", s)
+}
+
+func optTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+func fromOptTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
 }

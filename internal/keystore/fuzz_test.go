@@ -58,6 +58,12 @@ func fuzzSeeds(f *testing.F) fixture {
 	if _, err := s.SetState("other", StateDestroyed); err != nil {
 		f.Fatal(err)
 	}
+	o, err := s.CreateObject(Object{Owner: "spiffe://keybroker.dev/engine", Type: ObjectSecretData, SecretDataType: "SEED", Length: 768, Names: []string{"seed"}},
+		StateActive, Version{Copies: wrap(f, make([]byte, 96), vaultA)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	fx.object = o
 	s.Close()
 	return fx
 }
@@ -68,6 +74,7 @@ func FuzzDecodeFile(f *testing.F) {
 	f.Add(readBytes(f, fx.keyFile(fx.master)))
 	f.Add(readBytes(f, fx.keyFile(fx.other)))
 	f.Add(readBytes(f, fx.metaFile()))
+	f.Add(readBytes(f, fx.keyFile(fx.object)))
 	f.Add([]byte{})
 	f.Add([]byte(magic))
 	f.Add(encodeFrame(kindKey, []byte("{}")))
@@ -78,7 +85,7 @@ func FuzzDecodeFile(f *testing.F) {
 // checksum, which random bytes would almost never get past.
 func FuzzDecodeBody(f *testing.F) {
 	fx := fuzzSeeds(f)
-	for _, p := range []string{fx.keyFile(fx.master), fx.keyFile(fx.other), fx.metaFile()} {
+	for _, p := range []string{fx.keyFile(fx.master), fx.keyFile(fx.other), fx.metaFile(), fx.keyFile(fx.object)} {
 		b := readBytes(f, p)
 		f.Add(b[10], b[headerLen:len(b)-sumLen])
 	}
@@ -89,5 +96,6 @@ func FuzzDecodeBody(f *testing.F) {
 			return
 		}
 		checkDecoded(t, encodeFrame(kind, body))
+		checkDecoded(t, encodeFrameVersion(kind, 2, body)) // with KMIP object attributes
 	})
 }

@@ -128,6 +128,7 @@ func mustCreateKey(t testing.TB, s *Store, name string, v Version) Key {
 type fixture struct {
 	dir            string
 	master, other  Key
+	object         Key // set by fuzzSeeds only: a KMIP object
 	plain1, plain2 []byte
 }
 

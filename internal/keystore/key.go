@@ -81,6 +81,9 @@ type Key struct {
 	Updated time.Time
 	// Versions are oldest first; the last is the current one.
 	Versions []Version
+	// Object is set for a key a KMIP client created or registered, and
+	// nil for a broker master key.
+	Object *Object
 }
 
 // Version is one version of a key's material, as wrapped copies.
@@ -139,6 +142,7 @@ func (k Key) clone() Key {
 	if len(out.Versions) == 0 {
 		out.Versions = nil
 	}
+	out.Object = k.Object.clone()
 	return out
 }
 

@@ -574,6 +574,9 @@ func (s *Store) commit(k, prev *Key) (Key, error) {
 // for CreateKey. Only PRE_ACTIVE and ACTIVE keys get new versions (ErrState).
 func (s *Store) AddVersion(nameOrID string, v Version) (Key, error) {
 	return s.update(nameOrID, func(k *Key, now time.Time) error {
+		if k.Object != nil {
+			return fmt.Errorf("%w: key %q is a KMIP object: its identifier always names the same bytes, so it gets no new version", ErrState, k.Name)
+		}
 		if k.State != StatePreActive && k.State != StateActive {
 			return fmt.Errorf("%w: key %q is %s; only %s and %s keys get new versions", ErrState, k.Name, k.State, StatePreActive, StateActive)
 		}
@@ -625,7 +628,7 @@ func (s *Store) SetState(nameOrID string, st State) (Key, error) {
 	if !st.Valid() {
 		return Key{}, invalidf("unknown key state %s", quote(string(st)))
 	}
-	return s.update(nameOrID, func(k *Key, _ time.Time) error {
+	return s.update(nameOrID, func(k *Key, now time.Time) error {
 		if k.State == st {
 			return errNoChange
 		}
@@ -643,6 +646,7 @@ func (s *Store) SetState(nameOrID string, st State) (Key, error) {
 			}
 		}
 		k.State = st
+		stampObject(k, st, now)
 		return nil
 	})
 }
