@@ -79,19 +79,12 @@ func checkArgs(t *testing.T, where string, args []string) string {
 
 // parseDeployConfig parses a configuration from a deploy file with
 // config.Parse, giving it env for the environment, and returns it with the
-// names of the environment variables the binary asked for. A kmip section
-// is accepted only when the configuration has one (the KMIP front-end
-// lands on another branch); otherwise that section alone is left out.
+// names of the environment variables the binary asked for.
 func parseDeployConfig(t *testing.T, name string, data []byte, env map[string]string) (*config.Config, map[string]bool) {
 	t.Helper()
 	asked := map[string]bool{}
 	getenv := func(k string) string { asked[k] = true; return env[k] }
 	cfg, err := config.Parse(name, data, getenv)
-	if err != nil && strings.Contains(err.Error(), "key kmip is not a known key") {
-		t.Logf("%s: this build's configuration has no kmip section yet (the KMIP front-end is merged later): not checking kmip.address against it", name)
-		stripped := regexp.MustCompile(`(?m)^kmip:\n(  .*\n)*`).ReplaceAll(data, nil)
-		cfg, err = config.Parse(name, stripped, getenv)
-	}
 	if err != nil {
 		t.Fatalf("%s: config.Parse err = %v, want nil", name, err)
 	}
