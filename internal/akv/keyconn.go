@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"reflect"
@@ -93,11 +95,59 @@ func newKeyOpTransport(base *http.Client) *keyOpTransport {
 
 // Do implements policy.Transporter.
 func (t *keyOpTransport) Do(req *http.Request) (*http.Response, error) {
-	if isKeyOp(req) {
-		return t.keyOps.Do(req)
+	if !isKeyOp(req) {
+		return t.next.Do(req)
 	}
-	return t.next.Do(req)
+	if req.Body != nil && req.Body != http.NoBody {
+		// net/http may go on reading a request body after RoundTrip has
+		// returned (an answer that came before the body was all sent), while
+		// azcore's retry policy rewinds that same body for the next try: a
+		// data race. The connection reads a private copy instead, zeroed when
+		// net/http closes it (a wrapKey body carries the key in base64url).
+		b, err := io.ReadAll(req.Body)
+		if err != nil {
+			return nil, err
+		}
+		req = req.Clone(req.Context())
+		req.Body = &wipedBody{b: b}
+		req.ContentLength = int64(len(b))
+		req.GetBody = nil
+	}
+	return t.keyOps.Do(req)
 }
+
+// wipedBody is a request body that zeroes its bytes when closed. Read and
+// Close may be called from different goroutines.
+type wipedBody struct {
+	mu     sync.Mutex
+	b      []byte
+	off    int
+	closed bool
+}
+
+func (w *wipedBody) Read(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return 0, errBodyClosed
+	}
+	if w.off >= len(w.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, w.b[w.off:])
+	w.off += n
+	return n, nil
+}
+
+func (w *wipedBody) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	clear(w.b)
+	w.closed = true
+	return nil
+}
+
+var errBodyClosed = errors.New("akv: request body read after close")
 
 // isKeyOp reports whether req is a Key Vault wrapKey or unwrapKey call.
 func isKeyOp(req *http.Request) bool {

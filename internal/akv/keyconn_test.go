@@ -104,3 +104,25 @@ func TestKeyOpTransport(t *testing.T) {
 		})
 	}
 }
+
+// TestWipedBody: the connection's copy of a key operation's body reads
+// whole, is zeroed when net/http closes it, and refuses reads after that.
+func TestWipedBody(t *testing.T) {
+	src := []byte(`{"alg":"RSA-OAEP-256","value":"a2V5LWJ5dGVz"}`)
+	w := &wipedBody{b: append([]byte(nil), src...)}
+	got, err := io.ReadAll(w)
+	if err != nil || string(got) != string(src) {
+		t.Fatalf("ReadAll(wipedBody) = %q, %v, want %q, nil", got, err, src)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("Close err = %v, want nil", err)
+	}
+	for i, c := range w.b {
+		if c != 0 {
+			t.Fatalf("byte %d of the body = %#x after Close, want 0", i, c)
+		}
+	}
+	if n, err := w.Read(make([]byte, 8)); n != 0 || err == nil {
+		t.Errorf("Read after Close = %d, %v, want 0 and an error", n, err)
+	}
+}
