@@ -175,7 +175,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		if !kek.KindOf(err).IsRevocation() && b.State().State != broker.StatePaused {
 			// Throttled or unreachable: retry with jittered backoff until the
 			// keys load, never giving up; engines get UNAVAILABLE meanwhile.
-			go func() { _ = b.WarmUntilLoaded(ctx, err) }()
+			b.StartWarming(ctx, err)
 		}
 	}
 	cancel()

@@ -266,3 +266,11 @@ func (c *Control) Throttle(ctx context.Context) (Throttle, []ThrottleCounts, err
 func (c *Control) ResetThrottleCounters(ctx context.Context) error {
 	return c.do(ctx, http.MethodDelete, "/throttle", nil, nil)
 }
+
+// CallLimit returns how many get, wrap or unwrap calls on one key of the
+// given protection and size a vault admits per 10-second window at the
+// given scale (0 means 1), when nothing else is called.
+func CallLimit(hsm bool, size int, scale float64) int {
+	t := newThrottler(Throttle{Enabled: true, Scale: scale})
+	return int(t.scaled(otherBudget) / weight(hsm, size, false))
+}

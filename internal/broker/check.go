@@ -516,8 +516,8 @@ func (b *Broker) transition(s State, reason string, allow func(prev State) bool)
 // So that a fleet's checks do not align, the first check comes at a random
 // point of the first interval (Config.Rand), the next ones an interval
 // apart. A scheduled check unwraps each key's current copy once per region
-// and asks for the key's info only every Config.KeyInfoInterval: one Key
-// Vault call per key per region per interval. A throttled check is not
+// and asks for the key's info only every Config.KeyInfoInterval (first at a
+// random point of it): one Key Vault call per key per region per interval. A throttled check is not
 // retried: the next one waits for the interval or Retry-After, whichever
 // is longer, plus jitter. No check runs while start-up is retrying to
 // load the keys after a throttled attempt (WarmUntilLoaded): its attempts

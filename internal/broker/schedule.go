@@ -45,7 +45,7 @@ type schedule struct {
 	rand         func(time.Duration) time.Duration
 
 	mu       sync.Mutex
-	lastInfo time.Time              // last check that got a key's info; zero: none yet
+	lastInfo time.Time              // last check that got a key's info (at start: a random point of the interval before)
 	infos    map[string]kek.KeyInfo // the latest info by region, for alerts between info calls
 	starting bool                   // WarmUntilLoaded is retrying
 	held     bool                   // ... after a throttled attempt: scheduled checks stand aside
@@ -66,15 +66,22 @@ func newSchedule(cfg Config) *schedule {
 			return rand.N(n)
 		}
 	}
+	// The first key-info call comes at a random point of the first
+	// KeyInfoInterval, so a fleet started together spreads those too.
+	now := time.Now
+	if cfg.Now != nil {
+		now = cfg.Now
+	}
+	s.lastInfo = now().Add(-s.rand(s.keyInfoEvery))
 	return s
 }
 
 // infoDue reports whether the next scheduled check should ask for the
-// key's info too: none yet, or the last one is KeyInfoInterval old.
+// key's info too: the last one is KeyInfoInterval old.
 func (s *schedule) infoDue(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lastInfo.IsZero() || now.Sub(s.lastInfo) >= s.keyInfoEvery
+	return now.Sub(s.lastInfo) >= s.keyInfoEvery
 }
 
 // rememberInfo keeps the info of the regions that reported one and gives
@@ -161,6 +168,20 @@ func (s *schedule) gate(now time.Time) error {
 	return &kek.Error{Kind: kek.KindUnavailable, Op: "unwrap", Err: fmt.Errorf(
 		"broker: starting: the master key is not loaded yet (%s); the broker retries by itself, next in %v, until Key Vault answers: retry this call later",
 		s.why, s.retryAt.Sub(now).Round(time.Second))}
+}
+
+// StartWarming runs WarmUntilLoaded(ctx, first) in a goroutine after a
+// first attempt that failed with first, and returns a channel closed when
+// it returns. The broker counts as starting from the call on: its gate
+// and state apply before the caller goes on to listen.
+func (b *Broker) StartWarming(ctx context.Context, first error) <-chan struct{} {
+	b.checks.sched.setWarming(true, time.Time{}, "", kek.KindOf(first) == kek.KindThrottled)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b.WarmUntilLoaded(ctx, first)
+	}()
+	return done
 }
 
 // WarmUntilLoaded loads the keys as Warm does and, while that fails for

@@ -23,7 +23,8 @@ func throttled(retryAfter time.Duration) error {
 
 // TestScheduledCheckCalls drives RunChecks with a fake clock and counts the
 // vault calls: the first check at the random phase, then one unwrap per
-// interval, the key's info only every KeyInfoInterval, and after a
+// interval, the key's info only every KeyInfoInterval (first at a random
+// point of it), and after a
 // throttled check the next one waits for Retry-After plus jitter.
 func TestScheduledCheckCalls(t *testing.T) {
 	const interval = time.Minute
@@ -48,11 +49,14 @@ func TestScheduledCheckCalls(t *testing.T) {
 		wantUnwrap, wantInfo int // calls made by this check
 		wantNext             time.Duration
 	}{
-		{interval * 3 / 4, 1, 1, interval}, // t=45s: first check also asks for the info
+		// The first key-info call is due at a random point of the first
+		// KeyInfoInterval: 180s - 45s of jitter = t=135s.
+		{interval * 3 / 4, 1, 0, interval}, // t=45s
 		{interval, 1, 0, interval},         // t=105s
-		{interval, 1, 0, interval},         // t=165s
-		{interval, 1, 1, interval},         // t=225s: the info is 180s old
-		{interval, 1, 0, interval},
+		{interval, 1, 1, interval},         // t=165s: the first key-info call
+		{interval, 1, 0, interval},         // t=225s
+		{interval, 1, 0, interval},         // t=285s
+		{interval, 1, 1, interval},         // t=345s: the info is 180s old
 	}
 	for i, st := range steps {
 		clk.Advance(st.advance)
