@@ -32,7 +32,9 @@ FUZZ_TARGETS ?= \
 	./cmd/kbload:FuzzParseDevInfo \
 	./cmd/kbload:FuzzCPUModel \
 	./internal/kek/kektest:FuzzFakeUnwrapKey \
-	./internal/akvemu:FuzzState
+	./internal/akvemu:FuzzState \
+	./cmd/kbload:FuzzParseFleetFlags \
+	./internal/akvemu:FuzzThrottleRequest
 
 .PHONY: all build run deps test test-go lint fmt vet staticcheck generate generate-check fuzz fuzz-ci bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean
 
@@ -141,3 +143,9 @@ crashtest:
 
 clean:
 	rm -rf $(BIN) $(DEV_DIR)
+
+FLEET_FLAGS ?= --nodes 100,500,1000,2000 --scale 2 --intervals 2
+.PHONY: bench-fleet
+## bench-fleet: N broker cores against one throttled emulator vault: steady-state Key Vault calls, cold start of the whole fleet, SVG plot in load/reports/fleet/ (docs/capacity.md).
+bench-fleet: build
+	$(BIN)/kbload bench-fleet $(FLEET_FLAGS)

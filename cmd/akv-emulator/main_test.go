@@ -140,12 +140,12 @@ func TestRun(t *testing.T) {
 
 // FuzzParseFlagValues fuzzes the --vault and --key value parsers.
 func FuzzParseFlagValues(f *testing.F) {
-	for _, s := range []string{"a.test/cmk:2048", "a.test,b.test", "/x", "a.test/", "a/b/c:1", ":", ",", "a.test/k:99999999999999999999"} {
+	for _, s := range []string{"a.test/cmk:2048", "a.test,b.test", "/x", "a.test/", "a/b/c:1", ":", ",", "a.test/k:99999999999999999999", "a.test/cmk:3072-hsm", "a.test/cmk:-hsm"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if k, err := parseKey(s); err == nil {
-			if k.Vault == "" || k.Name == "" || strings.ContainsAny(k.Name, "/:") || (k.Size != 0 && k.Size != 2048 && k.Size != 3072 && k.Size != 4096) {
+			if k.Vault == "" || k.Name == "" || strings.ContainsAny(k.Name, "/:") || (k.Size != 0 && k.Size != 2048 && k.Size != 3072 && k.Size != 4096) || (k.HSM && k.Size == 0) {
 				t.Fatalf("parseKey(%q) = %+v: accepted a bad key", s, k)
 			}
 		}

@@ -175,7 +175,9 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		if !kek.KindOf(err).IsRevocation() && b.State().State != broker.StatePaused {
 			// Throttled or unreachable: retry with jittered backoff until the
 			// keys load, never giving up; engines get UNAVAILABLE meanwhile.
-			b.StartWarming(ctx, err)
+			wctx, stopWarming := context.WithCancel(ctx)
+			done := b.StartWarming(wctx, err)
+			defer func() { stopWarming(); <-done }()
 		}
 	}
 	cancel()

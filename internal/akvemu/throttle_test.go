@@ -1,7 +1,10 @@
 package akvemu
 
 import (
+	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,4 +156,31 @@ func TestSDKThrottled(t *testing.T) {
 	if _, windows, _ := e.srv.Control().Throttle(ctx); len(windows) != 0 {
 		t.Errorf("windows after reset = %+v, want none", windows)
 	}
+}
+
+// FuzzThrottleRequest: the control API's POST /throttle body either is
+// refused with ErrBadRequest or gives a setting the throttler can apply.
+func FuzzThrottleRequest(f *testing.F) {
+	for _, s := range []string{`{"enabled":true,"scale":1}`, `{"enabled":false}`, `{"scale":-1}`, `{"scale":1e400}`, `{"enabled":"yes"}`, `{}`, ``, `{"scale":0.001} x`} {
+		f.Add(s)
+	}
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, body string) {
+		r := httptest.NewRequest(http.MethodPost, "/throttle", strings.NewReader(body))
+		var th Throttle
+		err := decodeControl(r, &th)
+		if err == nil {
+			err = validThrottle(th)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("body %q: err = %v, want ErrBadRequest", body, err)
+			}
+			return
+		}
+		tr := newThrottler(th)
+		if ok, ra := tr.admit("v", start, weight(true, 4096, false), false); !ok && (ra <= 0 || ra > ThrottleWindow) {
+			t.Fatalf("body %q: first call throttled with Retry-After %v", body, ra)
+		}
+	})
 }
