@@ -55,9 +55,10 @@ func runSteady(ctx context.Context, f *fleetEnv, n int, s fleetSettings) (steady
 	f.emu.Control().ResetThrottleCounters(ctx) //nolint:errcheck // in-process: cannot fail but by a closed emulator
 	rctx, cancel := context.WithCancel(ctx)
 	start := time.Now()
-	// Steady state, not a cold start: the nodes start spread over half an
-	// interval (scenario b starts them at once).
-	wait := runNodes(rctx, nodes, iv, iv/2, start)
+	// Steady state, not a cold start: the nodes start spread over the
+	// first interval, at the rate of their checks (scenario b starts them
+	// at once).
+	wait := runNodes(rctx, nodes, iv, iv, start)
 	from := start.Add(iv + iv/10)
 	to := from.Add(time.Duration(s.Intervals) * iv)
 	sleepCtx(ctx, time.Until(to)+iv/20)

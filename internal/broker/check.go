@@ -521,7 +521,10 @@ func (b *Broker) transition(s State, reason string, allow func(prev State) bool)
 // retried: the next one waits for the interval or Retry-After, whichever
 // is longer, plus jitter. No check runs while start-up is retrying to
 // load the keys after a throttled attempt (WarmUntilLoaded): its attempts
-// are the checks then.
+// are the checks then; nor within an interval of a successful start-up
+// load (Warm), which proved the key as a check would: a fleet restarting
+// at once leaves the vault's budget to the nodes still loading, and a
+// check comes at most two intervals after the load.
 func (b *Broker) RunChecks(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		return
@@ -536,7 +539,7 @@ func (b *Broker) RunChecks(ctx context.Context, interval time.Duration) {
 			return
 		case <-fired:
 		}
-		if b.checks.sched.warming() {
+		if b.checks.sched.warming() || b.checks.sched.justLoaded(b.now(), interval) {
 			wait = interval
 			continue
 		}

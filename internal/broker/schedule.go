@@ -50,6 +50,7 @@ type schedule struct {
 	starting bool                   // WarmUntilLoaded is retrying
 	held     bool                   // ... after a throttled attempt: scheduled checks stand aside
 	retryAt  time.Time              // its next attempt
+	loadedAt time.Time              // the last successful Warm
 	why      string                 // what its last attempt met, for messages
 }
 
@@ -125,6 +126,24 @@ func retryAfterOf(err error) time.Duration {
 		return e.RetryAfter
 	}
 	return 0
+}
+
+// loaded records a successful start-up load: it proved the key as a check
+// would.
+func (s *schedule) loaded(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadedAt = now
+}
+
+// justLoaded reports whether the keys were loaded less than interval ago:
+// the scheduled check that comes then is skipped, so that in a fleet
+// restarting at once the nodes already serving leave the vault's budget to
+// those still loading. A check comes at most two intervals after a load.
+func (s *schedule) justLoaded(now time.Time, interval time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.loadedAt.IsZero() && now.Sub(s.loadedAt) < interval
 }
 
 // startDelay is the wait before start-up's attempt number attempt+1 after

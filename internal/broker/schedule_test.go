@@ -22,7 +22,8 @@ func throttled(retryAfter time.Duration) error {
 }
 
 // TestScheduledCheckCalls drives RunChecks with a fake clock and counts the
-// vault calls: the first check at the random phase, then one unwrap per
+// vault calls: the first check at the random phase (skipped when it comes
+// within an interval of the start-up load), then one unwrap per
 // interval, the key's info only every KeyInfoInterval (first at a random
 // point of it), and after a
 // throttled check the next one waits for Retry-After plus jitter.
@@ -51,7 +52,7 @@ func TestScheduledCheckCalls(t *testing.T) {
 	}{
 		// The first key-info call is due at a random point of the first
 		// KeyInfoInterval: 180s - 45s of jitter = t=135s.
-		{interval * 3 / 4, 1, 0, interval}, // t=45s
+		{interval * 3 / 4, 0, 0, interval}, // t=45s: skipped, the start-up load at t=0 proved the key
 		{interval, 1, 0, interval},         // t=105s
 		{interval, 1, 1, interval},         // t=165s: the first key-info call
 		{interval, 1, 0, interval},         // t=225s
