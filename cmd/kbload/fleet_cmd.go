@@ -21,11 +21,11 @@ func runBenchFleet(ctx context.Context, e *env, args []string) error {
 	s := fleetSettings{}
 	fs.DurationVar(&s.Interval, "interval", time.Minute, "the validation.interval simulated")
 	fs.Float64Var(&s.Scale, "scale", 6, "steady state: run time this `factor` faster and scale the vault's limits by it (the cold start always runs at Azure's limits and 10 s windows)")
-	fs.IntVar(&s.Intervals, "intervals", 3, "steady-state intervals measured (after one interval of start-up)")
+	fs.IntVar(&s.Intervals, "intervals", 3, "steady-state intervals measured (after 4.1 intervals of start-up)")
 	key := fs.String("key", "3072-hsm", "the customer key: `SIZE[-hsm]`, SIZE 2048, 3072 or 4096")
 	scenarios := fs.String("scenarios", "steady,cold,outage", "scenarios to run: steady, cold, outage")
 	outageNodes := fs.String("outage-nodes", "100,500", "fleet `sizes` for the outage scenario, comma-separated")
-	fs.DurationVar(&s.Outage, "outage", 2*time.Minute, "outage scenario: how long the primary vault answers 503 (simulated time)")
+	fs.DurationVar(&s.Outage, "outage", 5*time.Minute, "outage scenario: how long the primary vault answers 503 (simulated time)")
 	reports := fs.String("reports", filepath.Join("load", "reports", "fleet"), "`directory` for the SVG plot of the largest cold start")
 	noFail := fs.Bool("no-fail", false, "report missed targets without failing")
 	if err := parseFlags(fs, args); err != nil {
@@ -67,7 +67,7 @@ func runBenchFleet(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "bench-fleet: the limit of an RSA %d %s key (%d calls per 10 s), enforced by the emulator on its RSA 2048 keys (cheaper RSA for this machine, same limit); %s\n",
 		s.KeySize, protection(s.HSM), f.limit, machineLine())
 	if want["steady"] {
-		fmt.Fprintf(e.stdout, "\n(a) steady state: validation.interval %v simulated as %v (time x%g, the vault's limits x%g); %d intervals measured after one of start-up\n",
+		fmt.Fprintf(e.stdout, "\n(a) steady state: validation.interval %v simulated as %v (time x%g, the vault's limits x%g); %d intervals measured after 4.1 of start-up\n",
 			s.Interval, s.scaled(s.Interval), s.Scale, s.Scale, s.Intervals)
 		var rs []steadyResult
 		for _, n := range ns {

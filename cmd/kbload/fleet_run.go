@@ -39,9 +39,10 @@ type steadyResult struct {
 	FirstError       string // a start-up error of a node that never served
 }
 
-// runSteady is scenario (a): N nodes for 1 + Intervals intervals; the first
-// interval (start-up load, first check with its key-info call) is left out
-// of the window measured.
+// runSteady is scenario (a): N nodes for 4.1 + Intervals intervals; the
+// first 4.1 (start-up loads spread over two intervals, each node's first
+// check one to two intervals after its load) are left out of the window
+// measured.
 func runSteady(ctx context.Context, f *fleetEnv, n int, s fleetSettings) (steadyResult, error) {
 	iv := s.scaled(s.Interval)
 	if err := f.emu.SetThrottle(akvemu.Throttle{Enabled: true, Scale: f.throttleScale(s.Scale)}); err != nil {
@@ -55,11 +56,13 @@ func runSteady(ctx context.Context, f *fleetEnv, n int, s fleetSettings) (steady
 	f.emu.Control().ResetThrottleCounters(ctx) //nolint:errcheck // in-process: cannot fail but by a closed emulator
 	rctx, cancel := context.WithCancel(ctx)
 	start := time.Now()
-	// Steady state, not a cold start: the nodes start spread over the
-	// first interval, at the rate of their checks (scenario b starts them
-	// at once).
-	wait := runNodes(rctx, nodes, iv, iv, start)
-	from := start.Add(iv + iv/10)
+	// Steady state, not a cold start: the nodes start spread over two
+	// intervals, at half the rate of their checks (scenario b starts them
+	// at once). A node's first check comes one to two intervals after its
+	// start-up load, so every node is in its steady rhythm four intervals
+	// after the start.
+	wait := runNodes(rctx, nodes, iv, 2*iv, start)
+	from := start.Add(4*iv + iv/10)
 	to := from.Add(time.Duration(s.Intervals) * iv)
 	sleepCtx(ctx, time.Until(to)+iv/20)
 	cancel()
