@@ -271,7 +271,7 @@ func (f *fleetEnv) newNode(ctx context.Context, i int, o nodeOpts) (*fleetNode, 
 		Cache:           cache.Config{TTL: o.cacheTTL, MaxStale: 24 * time.Hour},
 		KeyInfoInterval: o.keyInfoInterval,
 		Metrics:         n,
-		Logger:          debugLogger(i),
+		Logger:          slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		n.close()
@@ -397,11 +397,4 @@ func sortedDurations(d []time.Duration) []time.Duration {
 	out := slices.Clone(d)
 	slices.Sort(out)
 	return out
-}
-
-func debugLogger(i int) *slog.Logger {
-	if i == 0 && os.Getenv("FLEET_DEBUG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
 }
