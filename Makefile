@@ -34,7 +34,9 @@ FUZZ_TARGETS ?= \
 	./internal/kek/kektest:FuzzFakeUnwrapKey \
 	./internal/akvemu:FuzzState \
 	./internal/memscan:FuzzParseMaps \
-	./internal/akv:FuzzTakeValue
+	./internal/akv:FuzzTakeValue \
+	./cmd/kbload:FuzzParseFleetFlags \
+	./internal/akvemu:FuzzThrottleRequest
 
 .PHONY: all build run deps test test-go lint fmt vet staticcheck generate generate-check fuzz fuzz-ci bench bench-failover bench-revocation test-revocation-long load soak soak-ci crashtest clean test-memory test-memory-ci
 
@@ -172,3 +174,9 @@ FUZZ_CI_TARGETS += ./internal/kmip:FuzzHandleMessage
 bench-kmip: build
 	$(BIN)/kbload bench-kmip --keybroker $(BIN)/keybroker $(BENCH_KMIP_FLAGS)
 .PHONY: bench-kmip
+
+FLEET_FLAGS ?= --nodes 100,500,1000,2000 --scale 2 --intervals 2
+.PHONY: bench-fleet
+## bench-fleet: N broker cores against one throttled emulator vault: steady-state Key Vault calls, cold start of the whole fleet, SVG plot in load/reports/fleet/ (docs/capacity.md).
+bench-fleet: build
+	$(BIN)/kbload bench-fleet $(FLEET_FLAGS)

@@ -75,7 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (akvemu.Config, slog.Level, err
 	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:0", "HTTPS listen `address` for every vault host and the Entra endpoints")
 	fs.StringVar(&cfg.ControlAddr, "control-addr", "127.0.0.1:0", "control API listen `address` (plain HTTP, loopback only)")
 	fs.Var(&vaults, "vault", "a vault `HOST[,ALIAS...]`; repeatable; aliases serve the same keys (default "+akvemu.DefaultVaultHost+")")
-	fs.Var(&keys, "key", "a key `VAULT/NAME[:SIZE]` created at first start; SIZE 2048, 3072 or 4096 (default 3072); repeatable (default "+akvemu.DefaultVaultHost+"/"+akvemu.DefaultKeyName+":3072 in the first vault)")
+	fs.Var(&keys, "key", "a key `VAULT/NAME[:SIZE[-hsm]]` created at first start; SIZE 2048, 3072 or 4096 (default 3072), -hsm for an RSA-HSM key; repeatable (default "+akvemu.DefaultVaultHost+"/"+akvemu.DefaultKeyName+":3072 in the first vault)")
 	fs.StringVar(&cfg.TenantID, "tenant-id", akvemu.DefaultTenantID, "Entra tenant `ID`")
 	fs.StringVar(&cfg.ClientID, "client-id", akvemu.DefaultClientID, "the registered client (application) `ID`")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", akvemu.DefaultTokenTTL, "access token `lifetime`")
@@ -83,6 +83,8 @@ func parseFlags(args []string, stderr io.Writer) (akvemu.Config, slog.Level, err
 	fs.StringVar(&cfg.KeyFile, "tls-key", "", "private key `file` of --tls-cert")
 	fs.StringVar(&cfg.CAFile, "tls-ca", "", "CA `file` clients should trust for --tls-cert (reported as ca_file)")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.BoolVar(&cfg.Throttle.Enabled, "throttle", false, "enforce Key Vault's throttling model: per vault, per 10 s window, weighted by key type, size and protection; 429 with Retry-After over the limit")
+	fs.Float64Var(&cfg.Throttle.Scale, "throttle-scale", 1, "multiply every throttling limit by this `factor` (a simulation shortening its intervals by a factor scales the limits by the same one)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageText)
 		fs.PrintDefaults()
@@ -99,6 +101,10 @@ func parseFlags(args []string, stderr io.Writer) (akvemu.Config, slog.Level, err
 	}
 	if cfg.Dir == "" && !cfg.Ephemeral {
 		fmt.Fprintln(stderr, "akv-emulator: give a data directory with --dir, or --ephemeral to keep state in memory")
+		return cfg, 0, errUsage
+	}
+	if cfg.Throttle.Scale <= 0 {
+		fmt.Fprintf(stderr, "akv-emulator: --throttle-scale %v: use a positive factor (1 = Azure's limits)\n", cfg.Throttle.Scale)
 		return cfg, 0, errUsage
 	}
 	var level slog.Level
@@ -137,7 +143,7 @@ func parseVault(s string) (akvemu.VaultSpec, error) {
 	return akvemu.VaultSpec{Host: parts[0], Aliases: parts[1:]}, nil
 }
 
-// parseKey parses VAULT/NAME[:SIZE].
+// parseKey parses VAULT/NAME[:SIZE[-hsm]].
 func parseKey(s string) (akvemu.KeySpec, error) {
 	vault, rest, ok := strings.Cut(s, "/")
 	if !ok || vault == "" || rest == "" {
@@ -149,6 +155,7 @@ func parseKey(s string) (akvemu.KeySpec, error) {
 		return akvemu.KeySpec{}, errors.New("the key name must be 1-127 letters, digits and dashes")
 	}
 	if hasSize {
+		size, spec.HSM = strings.CutSuffix(size, "-hsm")
 		n, err := strconv.Atoi(size)
 		if err != nil || (n != 2048 && n != 3072 && n != 4096) {
 			return akvemu.KeySpec{}, errors.New("SIZE must be 2048, 3072 or 4096")

@@ -28,18 +28,19 @@ func TestParseFlags(t *testing.T) {
 	}{
 		{
 			name: "vaults and keys",
-			args: []string{"--ephemeral", "--vault", "a.vault.test,a-pe.test", "--vault", "b.vault.test", "--key", "a.vault.test/cmk:2048", "--key", "b.vault.test/other", "--token-ttl", "2m"},
+			args: []string{"--ephemeral", "--vault", "a.vault.test,a-pe.test", "--vault", "b.vault.test", "--key", "a.vault.test/cmk:2048", "--key", "b.vault.test/other", "--key", "b.vault.test/hsm:3072-hsm", "--token-ttl", "2m", "--throttle", "--throttle-scale", "0.5"},
 			want: akvemu.Config{
 				Ephemeral: true, Addr: "127.0.0.1:0", ControlAddr: "127.0.0.1:0",
 				Vaults:   []akvemu.VaultSpec{{Host: "a.vault.test", Aliases: []string{"a-pe.test"}}, {Host: "b.vault.test", Aliases: []string{}}},
-				Keys:     []akvemu.KeySpec{{Vault: "a.vault.test", Name: "cmk", Size: 2048}, {Vault: "b.vault.test", Name: "other"}},
+				Keys:     []akvemu.KeySpec{{Vault: "a.vault.test", Name: "cmk", Size: 2048}, {Vault: "b.vault.test", Name: "other"}, {Vault: "b.vault.test", Name: "hsm", Size: 3072, HSM: true}},
 				TenantID: akvemu.DefaultTenantID, ClientID: akvemu.DefaultClientID, TokenTTL: 2 * time.Minute,
+				Throttle: akvemu.Throttle{Enabled: true, Scale: 0.5},
 			},
 		},
 		{
 			name: "defaults with a dir",
 			args: []string{"--dir", "/tmp/x"},
-			want: akvemu.Config{Dir: "/tmp/x", Addr: "127.0.0.1:0", ControlAddr: "127.0.0.1:0", TenantID: akvemu.DefaultTenantID, ClientID: akvemu.DefaultClientID, TokenTTL: akvemu.DefaultTokenTTL},
+			want: akvemu.Config{Dir: "/tmp/x", Addr: "127.0.0.1:0", ControlAddr: "127.0.0.1:0", TenantID: akvemu.DefaultTenantID, ClientID: akvemu.DefaultClientID, TokenTTL: akvemu.DefaultTokenTTL, Throttle: akvemu.Throttle{Scale: 1}},
 		},
 		{name: "help", args: []string{"--help"}, errIs: flag.ErrHelp, errMsg: "-control-addr"},
 		{name: "no dir", args: []string{}, errIs: errUsage, errMsg: "--dir"},
@@ -48,6 +49,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad key size", args: []string{"--ephemeral", "--key", "v.test/cmk:1024"}, errIs: errUsage, errMsg: "SIZE"},
 		{name: "empty alias", args: []string{"--ephemeral", "--vault", "v.test,"}, errIs: errUsage, errMsg: "empty host"},
 		{name: "bad log level", args: []string{"--ephemeral", "--log-level", "loud"}, errIs: errUsage, errMsg: "--log-level"},
+		{name: "bad throttle scale", args: []string{"--ephemeral", "--throttle-scale", "-2"}, errIs: errUsage, errMsg: "--throttle-scale"},
 		{name: "unknown flag", args: []string{"--ephemeral", "--colour"}, errIs: errUsage, errMsg: "colour"},
 	}
 	for _, tc := range tests {
@@ -138,12 +140,12 @@ func TestRun(t *testing.T) {
 
 // FuzzParseFlagValues fuzzes the --vault and --key value parsers.
 func FuzzParseFlagValues(f *testing.F) {
-	for _, s := range []string{"a.test/cmk:2048", "a.test,b.test", "/x", "a.test/", "a/b/c:1", ":", ",", "a.test/k:99999999999999999999"} {
+	for _, s := range []string{"a.test/cmk:2048", "a.test,b.test", "/x", "a.test/", "a/b/c:1", ":", ",", "a.test/k:99999999999999999999", "a.test/cmk:3072-hsm", "a.test/cmk:-hsm"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if k, err := parseKey(s); err == nil {
-			if k.Vault == "" || k.Name == "" || strings.ContainsAny(k.Name, "/:") || (k.Size != 0 && k.Size != 2048 && k.Size != 3072 && k.Size != 4096) {
+			if k.Vault == "" || k.Name == "" || strings.ContainsAny(k.Name, "/:") || (k.Size != 0 && k.Size != 2048 && k.Size != 3072 && k.Size != 4096) || (k.HSM && k.Size == 0) {
 				t.Fatalf("parseKey(%q) = %+v: accepted a bad key", s, k)
 			}
 		}

@@ -64,6 +64,7 @@ func program() *cli.Program[*env] {
 			{Name: "soak", Summary: "steady load for --duration, sampling /metrics: no failed call, no growing memory or goroutines", Run: runSoak},
 			{Name: "bench-kmip", Summary: "KMIP Get (1 and N connections) and new-connection State polls against keybroker and pykmip-server, and gRPC GetMasterKey (docs/kmip.md)", Run: runBenchKMIP},
 			{Name: "bench-failover", Summary: "the cold path while the primary region is black-holed, then answers 503: errors, p50/p99 (docs/failover.md)", Run: runBenchFailover},
+			{Name: "bench-fleet", Summary: "N broker cores against one throttled emulator vault: steady-state calls, cold start of the whole fleet (docs/capacity.md)", Run: runBenchFleet},
 		},
 		NameWidth: 8,
 		Footer:    "Run 'kbload COMMAND -h' for a command's flags; docs/bench.md explains the output.",

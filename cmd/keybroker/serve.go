@@ -21,6 +21,7 @@ import (
 	"github.com/keybroker/keybroker/internal/cache"
 	"github.com/keybroker/keybroker/internal/cli"
 	"github.com/keybroker/keybroker/internal/config"
+	"github.com/keybroker/keybroker/internal/kek"
 	"github.com/keybroker/keybroker/internal/keystore"
 	"github.com/keybroker/keybroker/internal/mtls"
 	"github.com/keybroker/keybroker/internal/wipe"
@@ -176,8 +177,17 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	warmCtx, cancel := context.WithTimeout(ctx, 2*cfg.Azure.Timeout.D()+5*time.Second)
 	if err := b.Warm(warmCtx); err != nil {
 		logger.Warn("keys not loaded at start", "err", err)
-		if _, cerr := b.Check(warmCtx); cerr != nil {
-			logger.Warn("validity check at start failed", "state", b.State().State.String(), "err", cerr)
+		if kek.KindOf(err) != kek.KindThrottled { // a throttled vault would throttle the check too
+			if _, cerr := b.Check(warmCtx); cerr != nil {
+				logger.Warn("validity check at start failed", "state", b.State().State.String(), "err", cerr)
+			}
+		}
+		if !kek.KindOf(err).IsRevocation() && b.State().State != broker.StatePaused {
+			// Throttled or unreachable: retry with jittered backoff until the
+			// keys load, never giving up; engines get UNAVAILABLE meanwhile.
+			wctx, stopWarming := context.WithCancel(ctx)
+			done := b.StartWarming(wctx, err)
+			defer func() { stopWarming(); <-done }()
 		}
 	}
 	cancel()

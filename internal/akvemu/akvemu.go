@@ -129,6 +129,10 @@ type Config struct {
 	// Now is the clock for token expiry, nbf/exp checks and timestamps;
 	// nil = time.Now.
 	Now func() time.Time
+	// Throttle turns on Key Vault's throttling model (per vault, per 10 s
+	// window, weighted by key type, size and protection); the zero value
+	// is off. The control API changes it at run time.
+	Throttle Throttle
 }
 
 // VaultSpec is one vault. Aliases are more host names (e.g. a regional
@@ -144,6 +148,7 @@ type VaultSpec struct {
 type KeySpec struct {
 	Vault, Name string
 	Size        int
+	HSM         bool // an RSA-HSM key (Managed HSM or Premium vault), for the throttling weights
 }
 
 // Info tells a client how to reach the emulator. The akv-emulator command
@@ -197,6 +202,7 @@ type Server struct {
 
 	faults   *faultTable
 	counters *counterTable
+	throttle *throttler
 
 	ln, ctlLn   net.Listener
 	srv, ctlSrv *http.Server
@@ -242,6 +248,7 @@ func newServer(cfg Config) (*Server, error) {
 		hostVault:   map[string]*vault{},
 		faults:      newFaultTable(),
 		counters:    newCounterTable(),
+		throttle:    newThrottler(cfg.Throttle),
 		closing:     make(chan struct{}),
 		clientFiles: map[string]ClientFiles{},
 	}
@@ -253,6 +260,9 @@ func newServer(cfg Config) (*Server, error) {
 	}
 	if s.tenant == "" {
 		s.tenant = DefaultTenantID
+	}
+	if err := validThrottle(cfg.Throttle); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if !validClientID(s.tenant) {
 		return nil, fmt.Errorf("%w: tenant ID %q: use a GUID such as %s", ErrConfig, s.tenant, DefaultTenantID)
@@ -632,7 +642,11 @@ func (s *Server) ensureKeys(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if _, err := s.createKey(v, ks.Name, createParams{Kty: "RSA", Size: size}, true); err != nil {
+		kty := "RSA"
+		if ks.HSM {
+			kty = "RSA-HSM"
+		}
+		if _, err := s.createKey(v, ks.Name, createParams{Kty: kty, Size: size}, true); err != nil {
 			return err
 		}
 	}

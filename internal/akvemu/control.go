@@ -36,6 +36,9 @@ func (s *Server) controlHandler() http.Handler {
 	mux.HandleFunc("DELETE /faults", func(w http.ResponseWriter, r *http.Request) { s.faults.clear(); w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("GET /counters", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.counters.snapshot()) })
 	mux.HandleFunc("DELETE /counters", func(w http.ResponseWriter, r *http.Request) { s.counters.reset(); w.WriteHeader(http.StatusNoContent) })
+	mux.HandleFunc("GET /throttle", s.ctlGetThrottle)
+	mux.HandleFunc("POST /throttle", s.ctlSetThrottle)
+	mux.HandleFunc("DELETE /throttle", func(w http.ResponseWriter, r *http.Request) { s.throttle.reset(); w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		ctlError(w, fmt.Errorf("%w: no control route %s %s; see docs/emulator.md", ErrNotFound, r.Method, r.URL.Path))
 	})
@@ -104,6 +107,7 @@ type keyRequest struct {
 	Vault string `json:"vault"`
 	Name  string `json:"name"`
 	Size  int    `json:"size"`
+	HSM   bool   `json:"hsm"`
 }
 
 type keyIDResponse struct {
@@ -133,7 +137,11 @@ func (s *Server) ctlCreateKey(w http.ResponseWriter, r *http.Request) {
 		ctlError(w, fmt.Errorf("%w: key size %d: use %s", ErrBadRequest, size, sizeList()))
 		return
 	}
-	ver, err := s.createKey(v, req.Name, createParams{Kty: "RSA", Size: size}, true)
+	kty := "RSA"
+	if req.HSM {
+		kty = "RSA-HSM"
+	}
+	ver, err := s.createKey(v, req.Name, createParams{Kty: kty, Size: size}, true)
 	if err != nil {
 		ctlError(w, err)
 		return

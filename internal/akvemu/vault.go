@@ -231,6 +231,9 @@ func (s *Server) serveVault(w http.ResponseWriter, r *http.Request, v *vault, ho
 		writeAKVError(w, badParameter("The request URI contains an invalid name: %.130s. Key names are 1-127 letters, digits and dashes.", rt.name))
 		return
 	}
+	if s.applyThrottle(w, v, rt) {
+		return
+	}
 	var body []byte
 	if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
 		var err error

@@ -92,6 +92,13 @@ type Config struct {
 	// Metrics, if set, is told of every validity check and state change
 	// (internal/telemetry implements it); nil records nothing.
 	Metrics Metrics
+	// KeyInfoInterval is how often a scheduled validity check also asks
+	// Key Vault for the key's info (expiry alerts, a versionless CMK's new
+	// version); the other scheduled checks unwrap only. 0 means 1h.
+	KeyInfoInterval time.Duration
+	// Rand returns a uniformly random duration in [0, n), for the jitter
+	// of scheduled checks and start-up retries; nil means math/rand/v2.
+	Rand func(n time.Duration) time.Duration
 }
 
 // Metrics receives what the broker measures as it happens. Calls must
@@ -154,7 +161,7 @@ func New(cfg Config) (*Broker, error) {
 		now:        cfg.Now,
 		health:     health.NewServer(),
 		afterFunc:  cfg.AfterFunc,
-		checks:     newChecker(),
+		checks:     newChecker(cfg),
 		rot:        newRotation(cfg.Rotation),
 		metrics:    cfg.Metrics,
 	}
@@ -213,6 +220,7 @@ func (b *Broker) Warm(ctx context.Context) error {
 		b.hub.set(StateServing, "keys loaded through Key Vault", b.now())
 	}
 	b.lastGood.Store(b.now().UnixNano())
+	b.checks.sched.loaded(b.now()) // schedule.go: the load proves the key; no check for an interval
 	return nil
 }
 
@@ -240,6 +248,9 @@ func (b *Broker) State() Event { return b.hub.current() }
 func (b *Broker) load(ctx context.Context, versionID string) (*secret.Bytes, error) {
 	if b.hub.current().State == StatePaused {
 		return nil, errPaused{reason: b.hub.current().Reason}
+	}
+	if err := b.checks.sched.gate(b.now()); err != nil {
+		return nil, err // start-up is backing off: no extra Key Vault call (schedule.go)
 	}
 	k, v, err := b.findVersion(versionID)
 	if err != nil {

@@ -53,6 +53,8 @@ type checker struct {
 
 	mu   sync.Mutex // guards last; never held during a check
 	last checkResult
+
+	sched *schedule // fleet-friendly scheduling: jitter, key-info cadence, start-up backoff (schedule.go)
 }
 
 // checkResult is the outcome of the latest validity check, for GetStatus.
@@ -69,7 +71,9 @@ type checkAlert struct {
 	since         time.Time
 }
 
-func newChecker() *checker { return &checker{sem: make(chan struct{}, 1)} }
+func newChecker(cfg Config) *checker {
+	return &checker{sem: make(chan struct{}, 1), sched: newSchedule(cfg)}
+}
 
 func (c *checker) latest() checkResult {
 	c.mu.Lock()
@@ -109,10 +113,12 @@ func (c *checker) record(r checkResult) {
 // region answers leaves PAUSED as it is: outage never resumes, nor pauses.
 // Check returns the resulting state and the error that decided it, nil
 // when every region gave access.
-func (b *Broker) Check(ctx context.Context) (Event, error) { return b.check(ctx, nil) }
+func (b *Broker) Check(ctx context.Context) (Event, error) { return b.check(ctx, nil, true) }
 
 // check is Check; started, if set, runs once this check holds the lock.
-func (b *Broker) check(ctx context.Context, started func()) (Event, error) {
+// Without withInfo a region is asked for an unwrap only, when there is a
+// copy to unwrap (scheduled checks: one Key Vault call per key per region).
+func (b *Broker) check(ctx context.Context, started func(), withInfo bool) (Event, error) {
 	select {
 	case b.checks.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -124,7 +130,7 @@ func (b *Broker) check(ctx context.Context, started func()) (Event, error) {
 	}
 
 	began := time.Now()
-	results := b.checkRegions(ctx)
+	results := b.checkRegions(ctx, withInfo)
 	if errors.Is(ctx.Err(), context.Canceled) {
 		// The caller went away: nothing was learned.
 		return b.hub.current(), ctx.Err()
@@ -144,6 +150,7 @@ func (b *Broker) check(ctx context.Context, started func()) (Event, error) {
 		}
 	}
 	now := b.now()
+	b.checks.sched.rememberInfo(ok, now)
 	res := checkResult{at: now, alerts: b.dateAlerts(ok, now)}
 	paused := b.hub.current().State == StatePaused
 	var err error
@@ -191,10 +198,20 @@ func (b *Broker) check(ctx context.Context, started func()) (Event, error) {
 
 // checkRegions runs the check in every region: through the wrapper's own
 // RegionChecker when it spans several, else on the wrapper itself.
-func (b *Broker) checkRegions(ctx context.Context) []regionResult {
+func (b *Broker) checkRegions(ctx context.Context, withInfo bool) []regionResult {
 	var sets [][]kek.Wrapped
 	for _, v := range b.activeVersions() {
 		sets = append(sets, v.Copies)
+	}
+	withInfo = withInfo || len(sets) == 0
+	if rc, ok := b.wrapper.(unwrapChecker); ok && !withInfo {
+		var out []regionResult
+		rc.CheckRegionsUnwrap(ctx, sets, func(region string, info kek.KeyInfo, err error) {
+			out = append(out, regionResult{region: region, info: info, err: err})
+		})
+		if len(out) > 0 {
+			return out
+		}
 	}
 	if rc, ok := b.wrapper.(RegionChecker); ok {
 		var out []regionResult
@@ -209,7 +226,7 @@ func (b *Broker) checkRegions(ctx context.Context) []regionResult {
 	if n, ok := b.wrapper.(regionNamer); ok {
 		name = n.Region()
 	}
-	info, err := b.checkOne(ctx, name, sets)
+	info, err := b.checkOne(ctx, name, sets, withInfo)
 	if name == "" {
 		var e *kek.Error
 		if errors.As(err, &e) {
@@ -220,13 +237,16 @@ func (b *Broker) checkRegions(ctx context.Context) []regionResult {
 }
 
 // checkOne checks a single-region wrapper.
-func (b *Broker) checkOne(ctx context.Context, region string, sets [][]kek.Wrapped) (kek.KeyInfo, error) {
-	info, err := b.wrapper.KeyInfo(ctx)
-	if err != nil {
-		return info, err
-	}
-	if !info.Enabled {
-		return info, &kek.Error{Kind: kek.KindRevoked, Op: "get", Region: region, KeyID: info.KeyID, Code: "KeyDisabled", Err: errKeyDisabled}
+func (b *Broker) checkOne(ctx context.Context, region string, sets [][]kek.Wrapped, withInfo bool) (kek.KeyInfo, error) {
+	var info kek.KeyInfo
+	if withInfo {
+		var err error
+		if info, err = b.wrapper.KeyInfo(ctx); err != nil {
+			return info, err
+		}
+		if !info.Enabled {
+			return info, &kek.Error{Kind: kek.KindRevoked, Op: "get", Region: region, KeyID: info.KeyID, Code: "KeyDisabled", Err: errKeyDisabled}
+		}
 	}
 	for _, copies := range sets {
 		raw, err := b.wrapper.UnwrapKey(ctx, copies)
@@ -454,7 +474,7 @@ func (b *Broker) checkSoon() {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
 		defer cancel()
-		if _, err := b.check(ctx, func() { b.checks.pending.Store(false) }); err != nil {
+		if _, err := b.check(ctx, func() { b.checks.pending.Store(false) }, true); err != nil {
 			b.log.Warn("validity check after revocation evidence", "state", b.hub.current().State.String(), "err", err)
 		}
 		b.checks.pending.Store(false) // if the wait for the lock timed out
@@ -493,25 +513,44 @@ func (b *Broker) transition(s State, reason string, allow func(prev State) bool)
 // bounded by the interval (at most 30 s), so a check never overlaps the
 // next. A zero or negative interval disables scheduled checks. The timer
 // comes from Config.AfterFunc.
+//
+// So that a fleet's checks do not align, the first check comes at a random
+// point of the first interval (Config.Rand), the next ones an interval
+// apart. A scheduled check unwraps each key's current copy once per region
+// and asks for the key's info only every Config.KeyInfoInterval (first at a
+// random point of it): one Key Vault call per key per region per interval. A throttled check is not
+// retried: the next one waits for the interval or Retry-After, whichever
+// is longer, plus jitter. No check runs while start-up is retrying to
+// load the keys after a throttled attempt (WarmUntilLoaded): its attempts
+// are the checks then; nor within an interval of a successful start-up
+// load (Warm), which proved the key as a check would: a fleet restarting
+// at once leaves the vault's budget to the nodes still loading, and a
+// check comes at most two intervals after the load.
 func (b *Broker) RunChecks(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		return
 	}
+	wait := b.checks.sched.firstWait(interval)
 	for {
 		fired := make(chan struct{})
-		stop := b.afterFunc(interval, func() { close(fired) })
+		stop := b.afterFunc(wait, func() { close(fired) })
 		select {
 		case <-ctx.Done():
 			stop()
 			return
 		case <-fired:
 		}
+		if b.checks.sched.warming() || b.checks.sched.justLoaded(b.now(), interval) {
+			wait = interval
+			continue
+		}
 		cctx, cancel := context.WithTimeout(ctx, min(interval, checkTimeout))
-		ev, err := b.Check(cctx)
+		ev, err := b.check(cctx, nil, b.checks.sched.infoDue(b.now()))
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("validity check failed", "state", ev.State.String(), "err", err)
 		}
+		wait = b.checks.sched.nextWait(interval, err)
 	}
 }
 

@@ -82,3 +82,6 @@ func (c *fakeClock) waitArmed(t *testing.T) time.Duration {
 		return 0
 	}
 }
+
+// noJitter is Config.Rand for tests that want the schedule's exact times.
+func noJitter(time.Duration) time.Duration { return 0 }

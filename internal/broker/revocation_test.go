@@ -43,7 +43,8 @@ func newBrokerOver(t *testing.T, w KeyWrapper, opts func(*Config)) *Broker {
 	if _, err := store.CreateKey(DefaultKeyName, keystore.StateActive, v); err != nil {
 		t.Fatalf("CreateKey err = %v", err)
 	}
-	cfg := Config{Store: store, Wrapper: w, Cache: cache.Config{MaxStale: 24 * time.Hour}}
+	// No jitter: the first scheduled check comes a full interval after start.
+	cfg := Config{Store: store, Wrapper: w, Cache: cache.Config{MaxStale: 24 * time.Hour}, Rand: noJitter}
 	if opts != nil {
 		opts(&cfg)
 	}
@@ -627,7 +628,7 @@ func TestCheckLockHonoursContext(t *testing.T) {
 	fake.Block()
 	stuck, cancelStuck := context.WithCancel(context.Background())
 	done, holding := make(chan struct{}), make(chan struct{})
-	go func() { _, _ = b.check(stuck, func() { close(holding) }); close(done) }()
+	go func() { _, _ = b.check(stuck, func() { close(holding) }, true); close(done) }()
 	t.Cleanup(func() { cancelStuck(); <-done; fake.Unblock() })
 	select {
 	case <-holding:

@@ -541,13 +541,11 @@ func (b *Broker) rotationPass(ctx context.Context, start bool) {
 	defer cancel()
 	r := b.rot
 	now := b.now()
-	if start {
-		if info, err := b.wrapper.KeyInfo(ctx); err == nil {
-			b.noteKeyInfo(info)
-		} else {
-			b.log.Debug("rotation: customer key not described at start; the validity check will ask again", "err", err)
-		}
-	}
+	// No key-info call at start: a fleet restarting at once must cost the
+	// vault one unwrap per node, and nodes already serving must not take
+	// the budget of those still loading. The validity checks' key-info
+	// schedule (Config.KeyInfoInterval, first at a random point of it)
+	// brings the customer key's version and dates.
 	r.mu.Lock()
 	rewrap := r.pending || (start && !r.rewrapped) ||
 		(r.rewrapErr != nil && !now.Before(r.rewrapFailed.Add(rotationRetry)))

@@ -202,6 +202,9 @@ func TestAutomaticRotationOnFakeClock(t *testing.T) {
 func TestManualRotationAlert(t *testing.T) {
 	clock := newFakeClock(time.Now().UTC().Truncate(time.Second), "the rotation scheduler")
 	b := rotationBroker(t, clock, newClockedFake(clock), RotationConfig{Manual: true, MasterKeyInterval: 30 * day, CMKRotationAlert: 400 * day})
+	if _, err := b.Check(context.Background()); err != nil { // the customer key's dates come from the validity check's key-info call
+		t.Fatalf("Check err = %v, want nil", err)
+	}
 	runScheduler(t, b, clock)
 	tests := []struct {
 		advance time.Duration
