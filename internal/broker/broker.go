@@ -220,7 +220,7 @@ func (b *Broker) Warm(ctx context.Context) error {
 		b.hub.set(StateServing, "keys loaded through Key Vault", b.now())
 	}
 	b.lastGood.Store(b.now().UnixNano())
-	b.checks.sched.loaded(b.now()) // schedule.go: the load proves the key; no check for an interval
+	b.checks.sched.loaded(b.now()) // schedule.go: the load proves the key; the next check comes an interval after it
 	return nil
 }
 

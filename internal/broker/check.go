@@ -540,8 +540,12 @@ func (b *Broker) RunChecks(ctx context.Context, interval time.Duration) {
 			return
 		case <-fired:
 		}
-		if b.checks.sched.warming() || b.checks.sched.justLoaded(b.now(), interval) {
+		if b.checks.sched.warming() {
 			wait = interval
+			continue
+		}
+		if left := b.checks.sched.sinceLoad(b.now(), interval); left > 0 {
+			wait = left
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, min(interval, checkTimeout))

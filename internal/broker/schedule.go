@@ -136,14 +136,21 @@ func (s *schedule) loaded(now time.Time) {
 	s.loadedAt = now
 }
 
-// justLoaded reports whether the keys were loaded less than interval ago:
-// the scheduled check that comes then is skipped, so that in a fleet
-// restarting at once the nodes already serving leave the vault's budget to
-// those still loading. A check comes at most two intervals after a load.
-func (s *schedule) justLoaded(now time.Time, interval time.Duration) bool {
+// sinceLoad is how long before an interval has passed since the last
+// successful start-up load (0 when none, or when it is an interval old).
+// The load proved the key as a check would, so a scheduled check that
+// comes sooner is moved to one interval after the load, less up to a tenth
+// of an interval of jitter: nodes of a fleet restarting at once leave the
+// vault's budget to those still loading, and no node goes longer than an
+// interval without proof of access (the revocation bound).
+func (s *schedule) sinceLoad(now time.Time, interval time.Duration) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return !s.loadedAt.IsZero() && now.Sub(s.loadedAt) < interval
+	if s.loadedAt.IsZero() {
+		return 0
+	}
+	left := interval - now.Sub(s.loadedAt) - s.rand(interval/10)
+	return max(left, 0)
 }
 
 // startDelay is the wait before start-up's attempt number attempt+1 after

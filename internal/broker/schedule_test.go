@@ -22,9 +22,9 @@ func throttled(retryAfter time.Duration) error {
 }
 
 // TestScheduledCheckCalls drives RunChecks with a fake clock and counts the
-// vault calls: the first check at the random phase (skipped when it comes
-// within an interval of the start-up load), then one unwrap per
-// interval, the key's info only every KeyInfoInterval (first at a random
+// vault calls: the first check at the random phase (moved to one interval
+// after the start-up load, less jitter, when it comes sooner), then one
+// unwrap per interval, the key's info only every KeyInfoInterval (first at a random
 // point of it), and after a
 // throttled check the next one waits for Retry-After plus jitter.
 func TestScheduledCheckCalls(t *testing.T) {
@@ -52,12 +52,13 @@ func TestScheduledCheckCalls(t *testing.T) {
 	}{
 		// The first key-info call is due at a random point of the first
 		// KeyInfoInterval: 180s - 45s of jitter = t=135s.
-		{interval * 3 / 4, 0, 0, interval}, // t=45s: skipped, the start-up load at t=0 proved the key
-		{interval, 1, 0, interval},         // t=105s
-		{interval, 1, 1, interval},         // t=165s: the first key-info call
-		{interval, 1, 0, interval},         // t=225s
-		{interval, 1, 0, interval},         // t=285s
-		{interval, 1, 1, interval},         // t=345s: the info is 180s old
+		{interval * 3 / 4, 0, 0, 13500 * time.Millisecond}, // t=45s: the start-up load at t=0 proved the key; moved to 60s after it less 1.5s of jitter
+		{13500 * time.Millisecond, 1, 0, interval},         // t=58.5s: within an interval of the load (the revocation bound)
+		{interval, 1, 0, interval},                         // t=118.5s
+		{interval, 1, 1, interval},                         // t=178.5s: the first key-info call
+		{interval, 1, 0, interval},                         // t=238.5s
+		{interval, 1, 0, interval},                         // t=298.5s
+		{interval, 1, 1, interval},                         // t=358.5s: the info is 180s old
 	}
 	for i, st := range steps {
 		clk.Advance(st.advance)
