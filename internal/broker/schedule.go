@@ -242,7 +242,7 @@ func (b *Broker) WarmUntilLoaded(ctx context.Context, first error) error {
 			why = "Key Vault is throttling this vault's calls (429)"
 		}
 		s.setWarming(true, b.now().Add(delay), why, throttled)
-		b.transition(StateDegraded, fmt.Sprintf("starting: the master key is not loaded yet: %s; attempt %d failed, retrying in %v until it succeeds; key calls answer UNAVAILABLE meanwhile",
+		b.transition(StateDegraded, fmt.Sprintf("starting: no key is held in memory yet, so key requests fail with UNAVAILABLE until Key Vault answers (%s); attempt %d failed, retrying in %v until it succeeds",
 			why, attempt, delay.Round(time.Millisecond)), nil)
 		b.log.Warn("start-up: keys not loaded, retrying", "attempt", attempt, "retry_in", delay, "err", err)
 		fired := make(chan struct{})
