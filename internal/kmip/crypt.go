@@ -166,8 +166,10 @@ type schedules []any
 
 func (s *schedules) add(v any) { *s = append(*s, v) }
 
-func (s schedules) wipe() {
-	for _, v := range s {
+// wipe is called deferred, so it takes a pointer: the values added after
+// the defer statement are the ones to zero.
+func (s *schedules) wipe() {
+	for _, v := range *s {
 		wipe.Value(v)
 	}
 }
