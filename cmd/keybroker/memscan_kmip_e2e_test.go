@@ -99,6 +99,12 @@ func (k *memscanKMIP) exercise(t *testing.T, keys memscanKeys, masterID string) 
 		Object: &kmip.SymmetricKey{KeyBlock: block(sym, kmip.CryptographicAlgorithmAES)}})).(*payloads.RegisterResponsePayload).UniqueIdentifier
 	mustOK(t, roundtrip(t, percona, &payloads.ActivateRequestPayload{UniqueIdentifier: k.symID}))
 	percona.Close()
+	// A Register whose connection stays open, its request the last one
+	// that connection sent: crypto/tls keeps the decrypted record.
+	sym2 := randomBytes(32)
+	sym2ID := mustOK(t, roundtrip(t, k.dial(t, kmip.V1_0), &payloads.RegisterRequestPayload{ObjectType: kmip.ObjectTypeSymmetricKey, TemplateAttribute: template,
+		Object: &kmip.SymmetricKey{KeyBlock: block(sym2, kmip.CryptographicAlgorithmAES)}})).(*payloads.RegisterResponsePayload).UniqueIdentifier
+	keys["kmip symmetric key (registered, open) "+sym2ID] = sym2
 	// libmongocrypt: one operation per connection.
 	seedID := mustOK(t, k.once(t, &payloads.RegisterRequestPayload{ObjectType: kmip.ObjectTypeSecretData,
 		Object: &kmip.SecretData{SecretDataType: kmip.SecretDataTypeSeed, KeyBlock: block(seed, 0)}})).(*payloads.RegisterResponsePayload).UniqueIdentifier
