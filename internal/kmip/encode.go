@@ -1,6 +1,8 @@
 package kmip
 
 import (
+	"slices"
+
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/ttlv"
 
@@ -34,7 +36,8 @@ type encoded struct {
 func encode(resp *kmip.ResponseMessage, secrets []*[]byte) encoded {
 	live := secrets[:0:0]
 	for _, p := range secrets {
-		if p != nil && len(*p) > 0 {
+		// A field listed twice would be saved as its own placeholder.
+		if p != nil && len(*p) > 0 && !slices.Contains(live, p) {
 			live = append(live, p)
 		}
 	}

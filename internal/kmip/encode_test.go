@@ -54,6 +54,7 @@ func TestEncode(t *testing.T) {
 	}{
 		{"Get of a symmetric key", resp(getItem(&k32)), []*[]byte{&k32}},
 		{"Get of secret data", resp(getItem(&k96)), []*[]byte{&k96}},
+		{"a field listed twice", resp(getItem(&k96)), []*[]byte{&k96, &k96}},
 		{"Decrypt over a page", resp(dec1), []*[]byte{p1}},
 		{"batch of Get, Decrypt and an empty Decrypt", resp(getItem(&k32), dec2, dec3), []*[]byte{&k32, p2, p3}},
 		{"no secret", resp(kmip.ResponseBatchItem{Operation: kmip.OperationActivate, ResultStatus: kmip.ResultStatusSuccess,
