@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/keybroker/keybroker/internal/secret"
+	"github.com/keybroker/keybroker/internal/wipe"
 )
 
 // AEAD is the AES-256-GCM of one master-key version, made once and used for
@@ -40,14 +41,14 @@ func NewAEAD(masterKey []byte) (*AEAD, error) {
 	}
 	aead, err := cipher.NewGCMWithRandomNonce(block)
 	if err != nil {
-		wipeValue(block)
+		wipe.Value(block)
 		return nil, fmt.Errorf("envelope: creating AES-GCM: %w", err)
 	}
 	// The GCM holds its own copy of the block's key schedule: the block
 	// itself is garbage from here on, so wipe it now.
-	wipeValue(block)
+	wipe.Value(block)
 	a := &AEAD{aead: aead}
-	if st := valueMemory(aead); st != nil {
+	if st := wipe.Memory(aead); st != nil {
 		a.state = append(a.state, st)
 		a.moveToPage()
 	}
@@ -115,50 +116,6 @@ func (a *AEAD) Wipe() {
 // memory that can be found); when it does not, the schedule stays until
 // the garbage collector reuses its memory.
 func (a *AEAD) Wipeable() bool { return len(a.state) > 0 }
-
-// valueMemory returns the memory a cipher value points to, when it is a
-// pointer (or a struct of one pointer) to pointer-free memory: the layout
-// of crypto/aes's Block and crypto/internal/fips140/aes/gcm's GCM on every
-// platform except s390x. Anything else gives nil: nothing is wiped rather
-// than something unsafe.
-func valueMemory(v any) []byte {
-	rv := reflect.ValueOf(v)
-	if rv.Kind() == reflect.Struct && rv.NumField() == 1 {
-		rv = rv.Field(0)
-	}
-	if rv.Kind() != reflect.Pointer || rv.IsNil() {
-		return nil
-	}
-	t := rv.Type().Elem()
-	if !pointerFree(t) || t.Size() == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(rv.UnsafePointer()), t.Size())
-}
-
-// wipeValue zeroes what valueMemory finds.
-func wipeValue(v any) { clear(valueMemory(v)) }
-
-// pointerFree reports whether values of t hold no pointers, so zeroing
-// their bytes cannot confuse the garbage collector.
-func pointerFree(t reflect.Type) bool {
-	switch t.Kind() {
-	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
-		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
-		return true
-	case reflect.Array:
-		return pointerFree(t.Elem())
-	case reflect.Struct:
-		for i := range t.NumField() {
-			if !pointerFree(t.Field(i).Type) {
-				return false
-			}
-		}
-		return true
-	}
-	return false
-}
 
 // checkSeal validates Seal's arguments other than the key.
 func checkSeal(h Header, dek, aad []byte) error {

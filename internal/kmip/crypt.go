@@ -14,6 +14,7 @@ import (
 	"github.com/ovh/kmip-go/ttlv"
 
 	"github.com/keybroker/keybroker/internal/broker"
+	"github.com/keybroker/keybroker/internal/wipe"
 )
 
 // maxCryptData bounds the data of one Encrypt or Decrypt.
@@ -105,37 +106,10 @@ func (h *handlers) encrypt(ctx context.Context, req *payloads.EncryptRequestPayl
 		if info.UsageMask != 0 && info.UsageMask&uint32(kmip.CryptographicUsageEncrypt) == 0 {
 			return fail(kmip.ResultReasonPermissionDenied, "object %s's Cryptographic Usage Mask does not allow Encrypt", info.ID)
 		}
-		block, err := aes.NewCipher(key)
-		if err != nil {
-			return fail(kmip.ResultReasonCryptographicFailure, "the key is not an AES key")
-		}
-		if m.gcm {
-			g, err := newGCM(block, len(iv), m.tagLen)
-			if err != nil {
-				return err
-			}
-			out := g.Seal(nil, iv, req.Data, req.AuthenticatedEncryptionAdditionalData)
-			if separateTag(ctx) {
-				n := len(out) - g.Overhead()
-				resp.Data, resp.AuthenticatedEncryptionTag = out[:n], out[n:]
-			} else {
-				resp.Data = out
-			}
-			return nil
-		}
-		if len(iv) != aes.BlockSize {
-			return fail(kmip.ResultReasonInvalidField, "a CBC IV is %d bytes, not %d", aes.BlockSize, len(iv))
-		}
-		data := req.Data
-		if m.pad {
-			data = pkcs5Pad(req.Data)
-			defer clear(data)
-		} else if len(data)%aes.BlockSize != 0 {
-			return fail(kmip.ResultReasonInvalidField, "without padding the data must be a multiple of %d bytes", aes.BlockSize)
-		}
-		resp.Data = make([]byte, len(data))
-		cipher.NewCBCEncrypter(block, iv).CryptBlocks(resp.Data, data)
-		return nil
+		var err error
+		sep := separateTag(ctx)
+		wipe.Do(func() { resp.Data, resp.AuthenticatedEncryptionTag, err = sealData(key, m, iv, req, sep) })
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -172,47 +146,126 @@ func (h *handlers) decrypt(ctx context.Context, req *payloads.DecryptRequestPayl
 		if info.UsageMask != 0 && info.UsageMask&uint32(kmip.CryptographicUsageDecrypt) == 0 {
 			return fail(kmip.ResultReasonPermissionDenied, "object %s's Cryptographic Usage Mask does not allow Decrypt", info.ID)
 		}
-		block, err := aes.NewCipher(key)
-		if err != nil {
-			return fail(kmip.ResultReasonCryptographicFailure, "the key is not an AES key")
-		}
-		if m.gcm {
-			g, err := newGCM(block, len(iv), m.tagLen)
-			if err != nil {
-				return err
-			}
-			ct := req.Data
-			if separateTag(ctx) {
-				ct = append(bytes.Clone(req.Data), req.AuthenticatedEncryptionTag...)
-			}
-			out, err := g.Open(nil, iv, ct, req.AuthenticatedEncryptionAdditionalData)
-			if err != nil {
-				return fail(kmip.ResultReasonCryptographicFailure, "authentication failed: wrong key, IV, tag or additional data, or altered ciphertext")
-			}
-			resp.Data = out
-			callOf(ctx).wipe.add(out)
-			return nil
-		}
-		if len(iv) != aes.BlockSize || len(req.Data) == 0 || len(req.Data)%aes.BlockSize != 0 {
-			return fail(kmip.ResultReasonInvalidField, "CBC needs a %d-byte IV and data in whole %d-byte blocks", aes.BlockSize, aes.BlockSize)
-		}
-		out := make([]byte, len(req.Data))
-		cipher.NewCBCDecrypter(block, iv).CryptBlocks(out, req.Data)
-		callOf(ctx).wipe.add(out)
-		if m.pad {
-			n, ok := pkcs5Unpad(out)
-			if !ok {
-				return fail(kmip.ResultReasonCryptographicFailure, "bad PKCS5 padding: wrong key or IV, or altered ciphertext")
-			}
-			out = out[:n]
-		}
-		resp.Data = out
-		return nil
+		var err error
+		sep := separateTag(ctx)
+		wipe.Do(func() { resp.Data, err = openData(key, m, iv, req, sep) })
+		// The plaintext is key material to the engine (libmongocrypt
+		// decrypts data keys): encoded into locked memory, then cleared.
+		callOf(ctx).wipe.add(&resp.Data)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return resp, nil
+}
+
+// schedules are the AES values one call builds: the block and the mode
+// made from it each hold a copy of the key schedule. wipe zeroes them.
+type schedules []any
+
+func (s *schedules) add(v any) { *s = append(*s, v) }
+
+// wipe is called deferred, so it takes a pointer: the values added after
+// the defer statement are the ones to zero.
+func (s *schedules) wipe() {
+	for _, v := range *s {
+		wipe.Value(v)
+	}
+}
+
+// newBlock is aes.NewCipher, its schedule recorded in s.
+func newBlock(key []byte, s *schedules) (cipher.Block, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fail(kmip.ResultReasonCryptographicFailure, "the key is not an AES key")
+	}
+	s.add(block)
+	return block, nil
+}
+
+// sealData encrypts req.Data under key; with separate, a GCM tag is
+// returned on its own (KMIP 1.4), else appended. Every key schedule it
+// builds is zeroed before it returns.
+func sealData(key []byte, m mode, iv []byte, req *payloads.EncryptRequestPayload, separate bool) (data, tag []byte, err error) {
+	var s schedules
+	defer s.wipe()
+	block, err := newBlock(key, &s)
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.gcm {
+		g, err := newGCM(block, len(iv), m.tagLen)
+		if err != nil {
+			return nil, nil, err
+		}
+		s.add(g)
+		out := g.Seal(nil, iv, req.Data, req.AuthenticatedEncryptionAdditionalData)
+		if separate {
+			n := len(out) - g.Overhead()
+			return out[:n], out[n:], nil
+		}
+		return out, nil, nil
+	}
+	if len(iv) != aes.BlockSize {
+		return nil, nil, fail(kmip.ResultReasonInvalidField, "a CBC IV is %d bytes, not %d", aes.BlockSize, len(iv))
+	}
+	in := req.Data
+	if m.pad {
+		in = pkcs5Pad(req.Data)
+		defer clear(in)
+	} else if len(in)%aes.BlockSize != 0 {
+		return nil, nil, fail(kmip.ResultReasonInvalidField, "without padding the data must be a multiple of %d bytes", aes.BlockSize)
+	}
+	out := make([]byte, len(in))
+	enc := cipher.NewCBCEncrypter(block, iv)
+	s.add(enc)
+	enc.CryptBlocks(out, in)
+	return out, nil, nil
+}
+
+// openData decrypts req.Data under key. Every key schedule it builds is
+// zeroed before it returns, and so is the plaintext when it fails.
+func openData(key []byte, m mode, iv []byte, req *payloads.DecryptRequestPayload, separate bool) ([]byte, error) {
+	var s schedules
+	defer s.wipe()
+	block, err := newBlock(key, &s)
+	if err != nil {
+		return nil, err
+	}
+	if m.gcm {
+		g, err := newGCM(block, len(iv), m.tagLen)
+		if err != nil {
+			return nil, err
+		}
+		s.add(g)
+		ct := req.Data
+		if separate {
+			ct = append(bytes.Clone(req.Data), req.AuthenticatedEncryptionTag...)
+		}
+		out, err := g.Open(nil, iv, ct, req.AuthenticatedEncryptionAdditionalData)
+		if err != nil {
+			return nil, fail(kmip.ResultReasonCryptographicFailure, "authentication failed: wrong key, IV, tag or additional data, or altered ciphertext")
+		}
+		return out, nil
+	}
+	if len(iv) != aes.BlockSize || len(req.Data) == 0 || len(req.Data)%aes.BlockSize != 0 {
+		return nil, fail(kmip.ResultReasonInvalidField, "CBC needs a %d-byte IV and data in whole %d-byte blocks", aes.BlockSize, aes.BlockSize)
+	}
+	out := make([]byte, len(req.Data))
+	dec := cipher.NewCBCDecrypter(block, iv)
+	s.add(dec)
+	dec.CryptBlocks(out, req.Data)
+	if !m.pad {
+		return out, nil
+	}
+	n, ok := pkcs5Unpad(out)
+	if !ok {
+		clear(out)
+		return nil, fail(kmip.ResultReasonCryptographicFailure, "bad PKCS5 padding: wrong key or IV, or altered ciphertext")
+	}
+	clear(out[n:])
+	return out[:n], nil
 }
 
 func pkcs5Pad(b []byte) []byte {

@@ -31,7 +31,7 @@ func (h *handlers) get(ctx context.Context, req *payloads.GetRequestPayload) (*p
 	if err != nil {
 		return nil, err
 	}
-	c.wipe.add(key)
+	c.wipe.add(&key) // the field KeyMaterial.Bytes points at
 	format := kmip.KeyFormatTypeRaw
 	switch f := req.KeyFormatType; {
 	case f == 0 || f == kmip.KeyFormatTypeRaw:

@@ -33,6 +33,7 @@ import (
 
 	"github.com/keybroker/keybroker/internal/broker"
 	"github.com/keybroker/keybroker/internal/mtls"
+	"github.com/keybroker/keybroker/internal/wipe"
 )
 
 // Defaults for the Config fields left zero.
@@ -242,9 +243,13 @@ func (s *Server) serveConn(raw net.Conn) {
 		s.log.Warn("kmip: TLS handshake failed; the client needs a certificate from the broker's client CA and TLS 1.2 or later", "peer", peer, "err", err)
 		return
 	}
-	c := &conn{Conn: tc, peer: peer}
+	// What is written is zeroed once written (wipe.Conn), what was read
+	// is zeroed once handled, and crypto/tls's own record buffers after
+	// each message and at close.
+	c := &conn{Conn: wipe.WrapConn(tc), peer: peer}
 	s.identify(c, tc.ConnectionState())
 	s.log.Debug("kmip: connection", "peer", peer, "identity", c.caller.Identity, "admin", c.caller.Admin)
+	defer wipe.ClearTLSBuffers(tc)
 	defer tc.Close() // sends close_notify
 
 	for {
@@ -264,9 +269,10 @@ func (s *Server) serveConn(raw net.Conn) {
 			}
 			return
 		}
-		resp, wipe := s.handle(c, buf)
+		wipe.ClearTLSInput(tc)
+		resp, secrets := s.handle(c, buf)
 		clear(buf)
-		if !s.reply(c, resp, wipe) {
+		if !s.reply(c, resp, secrets) {
 			return
 		}
 	}
@@ -336,13 +342,15 @@ func (s *Server) readMessage(c *conn) ([]byte, error) {
 }
 
 // reply writes resp within the read timeout and clears the buffers that
-// carried key bytes. It reports whether the connection may go on.
-func (s *Server) reply(c *conn, resp *kmip.ResponseMessage, wipe *wipeList) bool {
-	data := ttlv.MarshalTTLV(resp)
-	wipe.clear()
+// carried key bytes: the payload fields (secrets), and the encoded
+// response, which holds them in locked memory (encode) until written.
+// It reports whether the connection may go on.
+func (s *Server) reply(c *conn, resp *kmip.ResponseMessage, secrets *wipeList) bool {
+	e := encode(resp, secrets.fields())
+	secrets.clear()
 	_ = c.SetWriteDeadline(s.cfg.Now().Add(s.cfg.ReadTimeout))
-	_, err := c.Write(data)
-	clear(data)
+	_, err := c.Write(e.data) // a wipe.Conn: zeroes e.data once written
+	e.release()
 	if err != nil {
 		s.log.Info("kmip: writing a response failed; connection closed", "peer", c.peer, "err", err)
 		return false
@@ -351,29 +359,29 @@ func (s *Server) reply(c *conn, resp *kmip.ResponseMessage, wipe *wipeList) bool
 }
 
 // handle decodes one message and runs it through the executor.
-func (s *Server) handle(c *conn, buf []byte) (resp *kmip.ResponseMessage, wipe *wipeList) {
+func (s *Server) handle(c *conn, buf []byte) (resp *kmip.ResponseMessage, secrets *wipeList) {
 	now := s.cfg.Now()
-	wipe = new(wipeList)
+	secrets = new(wipeList)
 	req := new(kmip.RequestMessage)
 	if err := decode(buf, req); err != nil {
 		s.log.Info("kmip: malformed request answered with Invalid Message", "peer", c.peer, "err", err)
-		return messageError(req, kmip.ResultReasonInvalidMessage, "malformed request: "+err.Error(), now), wipe
+		return messageError(req, kmip.ResultReasonInvalidMessage, "malformed request: "+err.Error(), now), secrets
 	}
 	defer wipeRequest(req)
 	if c.denied != "" {
 		s.recordAll(req, kmip.ResultReasonPermissionDenied)
-		return messageError(req, kmip.ResultReasonPermissionDenied, c.denied, now), wipe
+		return messageError(req, kmip.ResultReasonPermissionDenied, c.denied, now), secrets
 	}
 	if len(req.BatchItem) == 0 {
-		return messageError(req, kmip.ResultReasonInvalidMessage, "the request has no batch item", now), wipe
+		return messageError(req, kmip.ResultReasonInvalidMessage, "the request has no batch item", now), secrets
 	}
 	if len(req.BatchItem) > maxBatchItems {
-		return messageError(req, kmip.ResultReasonInvalidMessage, fmt.Sprintf("the request has %d batch items; keybroker takes at most %d per message", len(req.BatchItem), maxBatchItems), now), wipe
+		return messageError(req, kmip.ResultReasonInvalidMessage, fmt.Sprintf("the request has %d batch items; keybroker takes at most %d per message", len(req.BatchItem), maxBatchItems), now), secrets
 	}
-	ctx := withCall(context.Background(), call{caller: c.caller, peer: c.peer, wipe: wipe})
+	ctx := withCall(context.Background(), call{caller: c.caller, peer: c.peer, wipe: secrets})
 	resp = s.exec.HandleRequest(ctx, req)
 	finish(resp, req, now)
-	return resp, wipe
+	return resp, secrets
 }
 
 // decode unmarshals a request, turning a decoder panic into an error so
@@ -447,25 +455,35 @@ func (s *Server) recordAll(req *kmip.RequestMessage, reason kmip.ResultReason) {
 	}
 }
 
-// wipeList collects buffers that hold key bytes, cleared once the
-// response is encoded. Best effort under a garbage collector: copies made
-// by the encoder are cleared by reply, others may linger until reused.
-type wipeList struct{ bufs [][]byte }
+// wipeList collects the response payload fields that hold key bytes (a
+// Get's Key Material, a Decrypt's Data): reply encodes them without
+// letting them into kmip-go's encoder (encode) and clears them once
+// encoded. Each entry points at the field itself, which encode swaps for
+// placeholders. Best effort under a garbage collector: copies made by code
+// that never saw the list may linger until reused.
+type wipeList struct{ ptrs []*[]byte }
 
-func (w *wipeList) add(b []byte) {
-	if w != nil {
-		w.bufs = append(w.bufs, b)
+func (w *wipeList) add(p *[]byte) {
+	if w != nil && p != nil {
+		w.ptrs = append(w.ptrs, p)
 	}
+}
+
+func (w *wipeList) fields() []*[]byte {
+	if w == nil {
+		return nil
+	}
+	return w.ptrs
 }
 
 func (w *wipeList) clear() {
 	if w == nil {
 		return
 	}
-	for _, b := range w.bufs {
-		clear(b)
+	for _, p := range w.ptrs {
+		clear(*p)
 	}
-	w.bufs = nil
+	w.ptrs = nil
 }
 
 // wipeRequest clears key bytes a request carried (Register, Encrypt and
