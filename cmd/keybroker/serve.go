@@ -183,7 +183,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	defer startRotation(ctx, b, logger)() // rotatecmk.go: CMK rewrap at start, then the rotation scheduler
 
 	srv := grpc.NewServer(
-		grpc.Creds(wipe.Creds(credentials.NewTLS(tlsCfg))),
+		grpc.Creds(authz.Credentials(wipe.Creds(credentials.NewTLS(tlsCfg)))), // authz: clients identified once per connection
 		grpc.ForceServerCodecV2(wipe.NewCodec(broker.SecretMessage, broker.ScrubMessage)),
 		grpc.ChainUnaryInterceptor(authz.UnaryInterceptor(), b.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(authz.StreamInterceptor()),
