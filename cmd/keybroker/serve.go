@@ -189,7 +189,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		grpc.ChainStreamInterceptor(authz.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(64<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		obs.serverOption(),
+		obs.serverOption(), obs.streamOption(), // the outermost interceptors: gRPC metrics and spans
 	)
 	b.Register(srv)
 	reflection.Register(srv)
