@@ -106,6 +106,7 @@ type listening struct {
 // and wipe every key. ready, if set, is called once listening.
 func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready func(listening)) error {
 	disableCoreDumps(logger)
+	tuneGC(logger) // hotpath.go
 
 	// Every file and setting is checked before anything listens: a broken
 	// configuration must not leave an admin port up that says "alive".
@@ -190,6 +191,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 		grpc.MaxRecvMsgSize(64<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		obs.serverOption(), obs.streamOption(), // the outermost interceptors: gRPC metrics and spans
+		hotPathOption(), // hotpath.go: stream workers
 	)
 	b.Register(srv)
 	reflection.Register(srv)
