@@ -3,6 +3,8 @@ package mtls
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -211,7 +213,9 @@ func call(ctx context.Context, cc *grpc.ClientConn, rpc string) (string, error) 
 		if err != nil {
 			return "", err
 		}
-		if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		// io.EOF from Send means the server already ended the stream (a
+		// refusal can arrive first); the status is what Recv returns then.
+		if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil && !errors.Is(err, io.EOF) {
 			return "", err
 		}
 		r, err := s.Recv()
