@@ -110,7 +110,7 @@ fuzz:
 
 ## bench: kbload bench against a fresh `keybroker dev` (docs/bench.md); tune with BENCH_FLAGS="--rounds 5 --no-fail".
 bench: build
-	$(BIN)/kbload bench --keybroker $(BIN)/keybroker $(BENCH_FLAGS)
+	$(BIN)/kbload bench --keybroker $(BIN)/keybroker --floor $(BIN)/kbfloor $(BENCH_FLAGS)
 
 ## bench-failover: the cold path while the primary region is black-holed, then answers 503 (docs/failover.md).
 bench-failover: build

@@ -30,6 +30,11 @@ type benchCall struct {
 	call     string
 	data     string  // request as JSON, ghz --data
 	minRatio float64 // target RPS relative to the baseline (calls[0]); 0 = none
+	server   string  // serverFloor for the floor server; "" for the broker
+	addr     string  // where to send it; "" = the ghzRun's address (the broker)
+	pid      int     // the serving process, for its CPU per call; 0 = not measured
+	maxP99   float64 // target p99 relative to the baseline's; 0 = none
+	protoset string  // ghz --protoset, for a server without reflection
 }
 
 // benchCalls are the calls measured, the baseline first. blob is a WrapDEK
@@ -56,6 +61,7 @@ type benchFlags struct {
 	connections int
 	out         string
 	noFail      bool
+	floor       string
 }
 
 func (f *benchFlags) validate() error {
@@ -86,6 +92,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&f.connections, "connections", 4, "gRPC connections the workers share")
 	fs.StringVar(&f.out, "out", "", "directory for the raw ghz reports, summary.json and the broker's log (default load/reports/bench-TIMESTAMP)")
 	fs.BoolVar(&f.noFail, "no-fail", false, "only report: exit 0 even when a target is missed")
+	fs.StringVar(&f.floor, "floor", "", "kbfloor binary, the bare grpc-go server measured as the floor; empty builds "+floorPkg+" into a temporary directory")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -127,6 +134,13 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 		concurrency: f.concurrency, conns: f.connections, stderr: e.stderr,
 	}
 
+	fl, err := sess.startFloor(ctx, f.floor, b.info.Config)
+	if err != nil {
+		return err
+	}
+	defer fl.Stop()
+	calls = withFloor(calls, fl, b.cmd.Process.Pid)
+
 	if err := warmUp(ctx, g, calls, f.warmup, e.stderr); err != nil {
 		return err
 	}
@@ -157,7 +171,9 @@ func (f benchFlags) run(ctx context.Context, e *env) error {
 		OutDir:  sess.out,
 	}
 	for i, c := range calls {
-		s.Calls = append(s.Calls, summarizeCall(c.call, c.minRatio, results[i]))
+		cs := summarizeCall(c.call, c.minRatio, results[i])
+		cs.Server, cs.MaxP99Ratio = c.server, c.maxP99
+		s.Calls = append(s.Calls, cs)
 	}
 	setRatios(s.Calls)
 	s.Checks, s.Pass = judge(s.Calls, s.AKV, s.Broker)
@@ -181,7 +197,7 @@ func warmUp(ctx context.Context, g ghzRun, calls []benchCall, d time.Duration, p
 		return nil
 	}
 	for _, c := range calls {
-		rep, _, err := g.run(ctx, c.call, c.data, d)
+		rep, _, err := c.ghz(g).run(ctx, c.call, c.data, d)
 		if err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
@@ -204,18 +220,25 @@ func measure(ctx context.Context, g ghzRun, calls []benchCall, rounds int, d tim
 		for k := range calls {
 			i := (k + r) % len(calls)
 			c := calls[i]
-			rep, raw, err := g.run(ctx, c.call, c.data, d)
+			cpu0, cpuErr := c.cpu()
+			rep, raw, err := c.ghz(g).run(ctx, c.call, c.data, d)
 			if err != nil {
 				return nil, fmt.Errorf("round %d: %w", r+1, err)
 			}
-			file := fmt.Sprintf("round%d-%s.json", r+1, strings.ReplaceAll(shortName(c.call), "/", "-"))
+			cpu1, cpuErr1 := c.cpu()
+			res := roundResult{report: rep}
+			if cpuErr == nil && cpuErr1 == nil && c.pid != 0 {
+				res.cpu, res.cpuKnown = cpu1-cpu0, true
+			}
+			file := fmt.Sprintf("round%d-%s.json", r+1, strings.ReplaceAll(c.label(), "/", "-"))
 			if err := writeReport(filepath.Join(out, file), raw); err != nil {
 				return nil, err
 			}
-			results[i] = append(results[i], roundResult{report: rep, file: file})
+			res.file = file
+			results[i] = append(results[i], res)
 			p99, _ := rep.percentile(99)
-			fmt.Fprintf(progress, "kbload: round %d/%d %-16s %8.0f RPS  p99 %6.2fms  %d error(s)\n",
-				r+1, rounds, shortName(c.call), rep.Rps, ms(p99), rep.errorCount())
+			fmt.Fprintf(progress, "kbload: round %d/%d %-18s %8.0f RPS  p99 %6.2fms  %d error(s)%s\n",
+				r+1, rounds, c.label(), rep.Rps, ms(p99), rep.errorCount(), res.cpuText())
 		}
 	}
 	return results, nil

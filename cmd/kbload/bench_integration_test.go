@@ -28,8 +28,8 @@ func TestBenchIntegration(t *testing.T) {
 	t.Logf("kbload bench:\n%s", stdout)
 
 	s := readSummary[summary](t, out)
-	if len(s.Calls) != 4 {
-		t.Fatalf("summary.json has %d calls, want 4", len(s.Calls))
+	if len(s.Calls) != 5 {
+		t.Fatalf("summary.json has %d calls, want 5 (the floor first)", len(s.Calls))
 	}
 	for _, c := range s.Calls {
 		if c.Count == 0 || c.Errors != 0 || c.RPS <= 0 || c.P99 <= 0 {

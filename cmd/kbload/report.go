@@ -71,7 +71,20 @@ type callSummary struct {
 	Ratio     float64        `json:"ratio"`     // RPS / baseline RPS; 0 when the baseline has none
 	MinRatio  float64        `json:"min_ratio"` // the target; 0 = no target (the baseline)
 	Reports   []string       `json:"reports"`   // raw ghz reports, relative to the out dir
+
+	// Server is "floor" for the bare grpc-go server, "" for the broker.
+	Server string `json:"server,omitempty"`
+	// RoundCPU is the server's CPU time per call in each round (µs; utime +
+	// stime from /proc/PID/stat over the run, divided by the calls ghz
+	// completed), CPUPerCall their median; 0 when unknown.
+	RoundCPU    []float64 `json:"round_cpu_us_per_call,omitempty"`
+	CPUPerCall  float64   `json:"cpu_us_per_call"`
+	P99Ratio    float64   `json:"p99_ratio"`     // P99 / the baseline's P99
+	MaxP99Ratio float64   `json:"max_p99_ratio"` // the target; 0 = none
 }
+
+// name is the call as checks and tables name it.
+func (c callSummary) name() string { return serverLabel(c.Server, c.Call) }
 
 // akvCalls are the Key Vault emulator's counters over the measured part.
 type akvCalls struct {
@@ -139,8 +152,10 @@ func printChecks(w io.Writer, checks []check, nameWidth, wantWidth int) {
 
 // roundResult is one ghz run of one call in one round.
 type roundResult struct {
-	report ghzReport
-	file   string
+	report   ghzReport
+	file     string
+	cpu      time.Duration // the server's CPU time over the run
+	cpuKnown bool
 }
 
 // summarizeCall reduces one call's rounds to medians. Medians, not means:
@@ -162,7 +177,11 @@ func summarizeCall(call string, minRatio float64, rounds []roundResult) callSumm
 			c.ErrorDist[msg] += n
 		}
 		c.Reports = append(c.Reports, r.file)
+		if us, ok := r.cpuPerCall(); ok {
+			c.RoundCPU = append(c.RoundCPU, us)
+		}
 	}
+	c.CPUPerCall = median(c.RoundCPU)
 	c.RPS = median(c.RoundRPS)
 	c.P50 = median(c.RoundP50)
 	c.P99 = median(c.RoundP99)
@@ -177,6 +196,7 @@ func setRatios(calls []callSummary) {
 	base := calls[0].RPS
 	for i := range calls {
 		calls[i].Ratio = ratio(calls[i].RPS, base)
+		calls[i].P99Ratio = ratio(calls[i].P99, calls[0].P99)
 	}
 }
 
@@ -197,10 +217,25 @@ func judge(calls []callSummary, akv akvCalls, b brokerActivity) ([]check, bool) 
 			got = fmt.Sprintf("%.2fx", c.Ratio)
 		}
 		checks = append(checks, check{
-			Name: fmt.Sprintf("%s RPS vs %s", shortName(c.Call), shortName(base.Call)),
+			Name: fmt.Sprintf("%s RPS vs %s", c.name(), base.name()),
 			Want: fmt.Sprintf(">= %.2fx", c.MinRatio),
 			Got:  got,
 			Pass: base.RPS > 0 && c.Ratio >= c.MinRatio,
+		})
+	}
+	for _, c := range calls[1:] {
+		if c.MaxP99Ratio == 0 {
+			continue
+		}
+		got := "no baseline p99"
+		if base.P99 > 0 {
+			got = fmt.Sprintf("%.2fx (%.2fms vs %.2fms)", c.P99Ratio, c.P99, base.P99)
+		}
+		checks = append(checks, check{
+			Name: fmt.Sprintf("%s p99 vs %s", c.name(), base.name()),
+			Want: fmt.Sprintf("<= %.2fx", c.MaxP99Ratio),
+			Got:  got,
+			Pass: base.P99 > 0 && c.P99 > 0 && c.P99Ratio <= c.MaxP99Ratio,
 		})
 	}
 	checks = append(checks, check{
@@ -241,14 +276,22 @@ func printReport(w io.Writer, s summary) error {
 		s.Settings.Rounds, s.Settings.Duration, s.Settings.Concurrency, s.Settings.Connections, s.Settings.Warmup)
 
 	tw := tabwriter.NewWriter(bw, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "call\t%12s\t%s\t%9s\t%9s\t%6s\t%12s\t%s\n", "RPS (median)", "RPS per round", "p50", "p99", "errors", "vs baseline", "target")
+	fmt.Fprintf(tw, "call\t%12s\t%s\t%9s\t%9s\t%6s\t%12s\t%s\t%9s\t%s\n", "RPS (median)", "RPS per round", "p50", "p99", "errors", "vs baseline", "target", "p99 ratio", "CPU/call")
 	for _, c := range s.Calls {
 		target := "baseline"
 		if c.MinRatio > 0 {
 			target = fmt.Sprintf(">= %.2fx", c.MinRatio)
 		}
-		fmt.Fprintf(tw, "%s\t%12.0f\t%s\t%7.2fms\t%7.2fms\t%6d\t%11.2fx\t%s\n",
-			c.Call, c.RPS, joinFloats(c.RoundRPS), c.P50, c.P99, c.Errors, c.Ratio, target)
+		cpu := "-"
+		if c.CPUPerCall > 0 {
+			cpu = fmt.Sprintf("%.1fµs", c.CPUPerCall)
+		}
+		call := c.Call
+		if c.Server != "" {
+			call = c.Server + " " + c.Call
+		}
+		fmt.Fprintf(tw, "%s\t%12.0f\t%s\t%7.2fms\t%7.2fms\t%6d\t%11.2fx\t%s\t%8.2fx\t%s\n",
+			call, c.RPS, joinFloats(c.RoundRPS), c.P50, c.P99, c.Errors, c.Ratio, target, c.P99Ratio, cpu)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -265,7 +308,7 @@ func printReport(w io.Writer, s summary) error {
 		}
 	}
 
-	printChecks(bw, s.Checks, 45, 9)
+	printChecks(bw, s.Checks, 50, 9)
 	fmt.Fprintf(bw, "\nresult: %s (reports in %s)\n", passFail(s.Pass), s.OutDir)
 	return bw.Flush()
 }

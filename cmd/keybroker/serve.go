@@ -108,6 +108,7 @@ type listening struct {
 // and wipe every key. ready, if set, is called once listening.
 func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready func(listening)) error {
 	disableCoreDumps(logger)
+	tuneGC(logger) // hotpath.go
 
 	// Every file and setting is checked before anything listens: a broken
 	// configuration must not leave an admin port up that says "alive".
@@ -194,13 +195,14 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, ready f
 	defer startRotation(ctx, b, logger)() // rotatecmk.go: CMK rewrap at start, then the rotation scheduler
 
 	srv := grpc.NewServer(
-		grpc.Creds(wipe.Creds(credentials.NewTLS(tlsCfg))),
+		grpc.Creds(authz.Credentials(wipe.Creds(credentials.NewTLS(tlsCfg)))), // authz: clients identified once per connection
 		grpc.ForceServerCodecV2(wipe.NewCodec(broker.SecretMessage, broker.ScrubMessage)),
 		grpc.ChainUnaryInterceptor(authz.UnaryInterceptor(), b.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(authz.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(64<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		obs.serverOption(),
+		obs.serverOption(), obs.streamOption(), // the outermost interceptors: gRPC metrics and spans
+		hotPathOption(), // hotpath.go: stream workers
 	)
 	b.Register(srv)
 	reflection.Register(srv)

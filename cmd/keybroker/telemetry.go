@@ -35,6 +35,10 @@ type observability struct {
 	log     *slog.Logger
 	serving atomic.Bool // the gRPC listeners are up
 
+	interceptOnce sync.Once // makes unary and stream, the gRPC instrumentation
+	unary         grpc.UnaryServerInterceptor
+	stream        grpc.StreamServerInterceptor
+
 	mu         sync.Mutex
 	regions    []*telemetry.Wrapper
 	failover   *failover.Wrapper // nil with one region
@@ -106,13 +110,27 @@ func (o *observability) brokerMetrics() broker.Metrics {
 	return o.tel.BrokerMetrics()
 }
 
-// serverOption is the otelgrpc stats handler for the gRPC server.
+// serverOption and streamOption are the gRPC server's instrumentation
+// (telemetry.RPCInterceptors: rpc.server.call.duration and server spans),
+// as the outermost unary and stream interceptors, so the authorizer's
+// refusals are measured too.
 func (o *observability) serverOption() grpc.ServerOption {
 	if o == nil {
 		return grpc.EmptyServerOption{}
 	}
-	return grpc.StatsHandler(o.tel.GRPCStatsHandler(&o.methods))
+	o.interceptOnce.Do(o.makeInterceptors)
+	return grpc.UnaryInterceptor(o.unary)
 }
+
+func (o *observability) streamOption() grpc.ServerOption {
+	if o == nil {
+		return grpc.EmptyServerOption{}
+	}
+	o.interceptOnce.Do(o.makeInterceptors)
+	return grpc.StreamInterceptor(o.stream)
+}
+
+func (o *observability) makeInterceptors() { o.unary, o.stream = o.tel.RPCInterceptors(&o.methods) }
 
 // registered learns the methods srv serves, so that only those name RPC
 // series; call it once the services are registered.

@@ -138,8 +138,13 @@ type identityKey struct{}
 // IdentityFromContext returns the caller's identity that the interceptors
 // stored, and whether there was one.
 func IdentityFromContext(ctx context.Context) (Identity, bool) {
-	id, ok := ctx.Value(identityKey{}).(Identity)
-	return id, ok
+	switch id := ctx.Value(identityKey{}).(type) {
+	case Identity:
+		return id, true
+	case *Identity: // shared by the calls of a connection: a copy is returned
+		return *id, true
+	}
+	return Identity{}, false
 }
 
 // ContextWithIdentity returns a copy of ctx carrying id, for tests of code
@@ -181,47 +186,65 @@ func (s *identityStream) Context() context.Context { return s.ctx }
 // against fullMethod and returns ctx with the caller's Identity. Its errors
 // are gRPC status errors: Unauthenticated without a verified certificate,
 // PermissionDenied when no identity holds the needed role.
+//
+// On a connection made through Credentials the identities and roles were
+// worked out at the handshake, and a call costs a lookup; otherwise they
+// are worked out here, per call.
 func (a *Authorizer) Authorize(ctx context.Context, fullMethod string) (context.Context, error) {
-	cert, addr := verifiedPeer(ctx)
-	if cert == nil {
+	p, _ := peer.FromContext(ctx)
+	var ai *AuthInfo
+	if p != nil {
+		if cached, ok := authInfoFromPeer(p.AuthInfo); ok {
+			ai = cached
+		} else if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			ai = a.connAuthInfo(info)
+		}
+	}
+	if ai == nil || ai.Leaf == nil {
 		a.log.WarnContext(ctx, "mtls: call without a verified client certificate refused",
-			"method", fullMethod, "peer", addr)
+			"method", fullMethod, "peer", peerAddr(p))
 		return ctx, status.Error(codes.Unauthenticated,
 			"client certificate required: connect with --cert/--key issued by the broker's client CA")
 	}
-	ids := Identities(cert)
+	ids := ai.ids
 	need, listed := a.methods[fullMethod]
 	if !listed && isOpen(fullMethod) {
-		id := Identity{All: ids, Roles: a.rolesOf(ids)}
-		if len(ids) > 0 {
-			id.Name = ids[0]
-		}
-		return ContextWithIdentity(ctx, id), nil
+		return contextWithIdentityPtr(ctx, ai.open), nil
 	}
 	if len(ids) == 0 {
 		a.log.WarnContext(ctx, "mtls: client certificate without identity refused",
-			"method", fullMethod, "peer", addr, "subject", cert.Subject.String())
+			"method", fullMethod, "peer", peerAddr(p), "subject", ai.Leaf.Subject.String())
 		return ctx, status.Error(codes.PermissionDenied,
 			"the client certificate has no identity (no URI SAN, DNS SAN or CN); issue one that names the client")
 	}
 	if !listed {
 		a.log.ErrorContext(ctx, "mtls: method has no role in the table; refused",
-			"identity", ids, "method", fullMethod, "peer", addr)
+			"identity", ids, "method", fullMethod, "peer", peerAddr(p))
 		return ctx, status.Errorf(codes.PermissionDenied,
 			"method %s is not open to any role; the broker's method table must list it", fullMethod)
 	}
-	for _, idName := range ids {
-		if rs := a.roles[idName]; slices.Contains(rs, need) || slices.Contains(rs, RoleAdmin) {
-			id := Identity{Name: idName, All: ids, Roles: a.rolesOf(ids)}
-			a.log.DebugContext(ctx, "mtls: call authorized", "identity", id, "method", fullMethod, "peer", addr)
-			return ContextWithIdentity(ctx, id), nil
+	if id := ai.byRole[need]; id != nil {
+		if a.log.Enabled(ctx, slog.LevelDebug) {
+			a.log.DebugContext(ctx, "mtls: call authorized", "identity", *id, "method", fullMethod, "peer", peerAddr(p))
 		}
+		return contextWithIdentityPtr(ctx, id), nil
 	}
 	a.log.WarnContext(ctx, "mtls: call refused: no role allows it",
-		"identity", ids, "roles", a.rolesOf(ids), "method", fullMethod, "need_role", need, "peer", addr)
+		"identity", ids, "roles", ai.roles, "method", fullMethod, "need_role", need, "peer", peerAddr(p))
 	return ctx, status.Errorf(codes.PermissionDenied,
 		"client %s may not call %s: it needs role %q; list the identity under authorization.%s in the broker's configuration file and restart the broker",
 		strings.Join(ids, ", "), fullMethod, need, need)
+}
+
+// grantee is the first of ids holding role need (or admin, which may call
+// everything), and whether there is one.
+func (a *Authorizer) grantee(ids []string, need string) (string, bool) {
+	for _, idName := range ids {
+		if rs := a.roles[idName]; slices.Contains(rs, need) || slices.Contains(rs, RoleAdmin) {
+			return idName, true
+		}
+	}
+	return "", false
 }
 
 func (a *Authorizer) rolesOf(ids []string) []string {
@@ -237,22 +260,21 @@ func isOpen(method string) bool {
 	return slices.ContainsFunc(openPrefixes, func(p string) bool { return strings.HasPrefix(method, p) })
 }
 
-// verifiedPeer returns the leaf of the call's verified client chain, or nil
-// when there is none, and the peer address for logs.
-func verifiedPeer(ctx context.Context) (*x509.Certificate, string) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, ""
-	}
-	addr := ""
-	if p.Addr != nil {
-		addr = p.Addr.Network() + ":" + p.Addr.String()
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
+// verifiedLeaf returns the leaf of the connection's verified client chain,
+// or nil when there is none.
+func verifiedLeaf(info credentials.TLSInfo) *x509.Certificate {
 	// VerifiedChains, not PeerCertificates: only a chain to the client CA
 	// counts, whatever ClientAuth mode the server was built with.
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return nil, addr
+	if len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
 	}
-	return info.State.VerifiedChains[0][0], addr
+	return info.State.VerifiedChains[0][0]
+}
+
+// peerAddr is the peer's address for logs, "" when unknown.
+func peerAddr(p *peer.Peer) string {
+	if p == nil || p.Addr == nil {
+		return ""
+	}
+	return p.Addr.Network() + ":" + p.Addr.String()
 }

@@ -3,6 +3,8 @@ package mtls
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
@@ -34,7 +37,13 @@ func callerOf(ctx context.Context) string {
 	if !ok {
 		return "<none>"
 	}
-	return id.Name + " " + strings.Join(id.Roles, ",")
+	out := id.Name + " " + strings.Join(id.Roles, ",")
+	if p, ok := peer.FromContext(ctx); ok {
+		if _, perConn := p.AuthInfo.(*AuthInfo); perConn {
+			out += " [per-connection]"
+		}
+	}
+	return out
 }
 
 func (echoService) GetStatus(ctx context.Context, _ *keybrokerv1.GetStatusRequest) (*keybrokerv1.GetStatusResponse, error) {
@@ -63,6 +72,13 @@ type testServer struct {
 // startServer runs one gRPC server with real mTLS on 127.0.0.1 and on a unix
 // socket, both stopped at the end of the test.
 func startServer(t *testing.T, minVersion uint16) *testServer {
+	t.Helper()
+	return startServerAuth(t, minVersion, false)
+}
+
+// startServerAuth is startServer; perConn wraps the server's credentials
+// with Authorizer.Credentials, so identities are worked out per connection.
+func startServerAuth(t *testing.T, minVersion uint16, perConn bool) *testServer {
 	t.Helper()
 	ts := &testServer{files: devPKI(t), logs: &syncBuffer{}}
 	dir := ts.files.Dir
@@ -93,8 +109,12 @@ func startServer(t *testing.T, minVersion uint16) *testServer {
 	if err != nil {
 		t.Fatalf("NewAuthorizer err = %v, want nil", err)
 	}
+	creds := credentials.NewTLS(tlsCfg)
+	if perConn {
+		creds = authz.Credentials(creds)
+	}
 	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.Creds(creds),
 		grpc.ChainUnaryInterceptor(authz.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(authz.StreamInterceptor()),
 	)
@@ -193,7 +213,9 @@ func call(ctx context.Context, cc *grpc.ClientConn, rpc string) (string, error) 
 		if err != nil {
 			return "", err
 		}
-		if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		// io.EOF from Send means the server already ended the stream (a
+		// refusal can arrive first); the status is what Recv returns then.
+		if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil && !errors.Is(err, io.EOF) {
 			return "", err
 		}
 		r, err := s.Recv()
@@ -211,7 +233,14 @@ func call(ctx context.Context, cc *grpc.ClientConn, rpc string) (string, error) 
 }
 
 func TestGRPCOverMTLS(t *testing.T) {
-	ts := startServer(t, 0)
+	t.Run("per-call", func(t *testing.T) { testGRPCOverMTLS(t, false) })
+	t.Run("per-connection", func(t *testing.T) { testGRPCOverMTLS(t, true) })
+}
+
+// testGRPCOverMTLS runs the authorization table; perConn makes the server
+// identify clients once per connection (Authorizer.Credentials).
+func testGRPCOverMTLS(t *testing.T, perConn bool) {
+	ts := startServerAuth(t, 0, perConn)
 	f := ts.files
 	engine := clientTLS(t, f.CA, f.EngineCert, f.EngineKey)
 	admin := clientTLS(t, f.CA, f.AdminCert, f.AdminKey)
@@ -254,6 +283,11 @@ func TestGRPCOverMTLS(t *testing.T) {
 					}
 					if !strings.Contains(out, tc.wantOut) {
 						t.Errorf("%s = %q, want it to contain %q", tc.rpc, out, tc.wantOut)
+					}
+					if err == nil && (strings.HasSuffix(tc.wantOut, "engine") || strings.HasSuffix(tc.wantOut, "admin")) {
+						if got := strings.Contains(out, "[per-connection]"); got != perConn {
+							t.Errorf("%s = %q: identity worked out per connection = %v, want %v", tc.rpc, out, got, perConn)
+						}
 					}
 				})
 			}

@@ -3,7 +3,7 @@
 // when the standard OTEL_* environment variables ask for it, over OTLP.
 //
 // cmd/keybroker builds one Provider per process with New and passes it down:
-// to the gRPC server (GRPCStatsHandler, otelgrpc), around each regional Azure
+// to the gRPC server (GRPCStatsHandler), around each regional Azure
 // key wrapper (InstrumentWrapper), to the broker (BrokerMetrics, ObserveBroker)
 // and to the failover wrapper's OnEvent hook (FailoverEvents). Nothing in this
 // package sets or reads OpenTelemetry's global providers.
@@ -244,13 +244,22 @@ func (p *Provider) Shutdown(ctx context.Context) error {
 	return p.shutdownErr
 }
 
-// GRPCStatsHandler is the otelgrpc server instrumentation: a span per RPC
+// GRPCStatsHandler is the gRPC server instrumentation: a span per RPC
 // (continuing the caller's W3C trace context) and rpc.server.call.duration
-// by method and status code. Method names the server does not serve are
-// recorded as "_OTHER", so a client sending made-up names cannot create
+// by method and status code, the series and spans otelgrpc makes, from
+// keybroker's own handler (rpcstats.go) that takes otelgrpc's per-call
+// attribute work off the hot path. Method names the server does not serve
+// are recorded as "_OTHER", so a client sending made-up names cannot create
 // series without bound; known may be nil until the services are registered
 // (see Methods).
 func (p *Provider) GRPCStatsHandler(known *Methods) stats.Handler {
+	return p.newRPCStats(known)
+}
+
+// OtelgrpcStatsHandler is the otelgrpc server handler keybroker used before
+// GRPCStatsHandler, with unknown methods renamed the same way; kept for the
+// comparison benchmarks (BenchmarkStatsHandlers).
+func (p *Provider) OtelgrpcStatsHandler(known *Methods) stats.Handler {
 	h := otelgrpc.NewServerHandler(
 		otelgrpc.WithMeterProvider(p.meterProvider),
 		otelgrpc.WithTracerProvider(p.tracerProvider),

@@ -25,7 +25,7 @@ import (
 
 // newTestProvider is a Provider with Prometheus and an in-memory span
 // recorder in place of the (no-op) tracer.
-func newTestProvider(t *testing.T) (*Provider, *tracetest.SpanRecorder) {
+func newTestProvider(t testing.TB) (*Provider, *tracetest.SpanRecorder) {
 	t.Helper()
 	p, err := New(context.Background(), Config{Prometheus: true, ServiceVersion: "test"})
 	if err != nil {
