@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -33,45 +31,8 @@ func runCLI(t *testing.T, args ...string) (string, string, int) {
 // TestDevAndClientCommands runs `keybroker dev` and drives it with the
 // client commands a bootstrap script would use.
 func TestDevAndClientCommands(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "dev")
-	pr, pw := io.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		e := &env{stdout: pw, stderr: io.Discard, getenv: func(string) string { return "" }}
-		done <- run(ctx, e, []string{"dev", "--dir", dir, "--addr", "127.0.0.1:0", "--log-level", "error"})
-		pw.Close()
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("dev returned %v after cancel, want nil", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("dev did not stop within 30s")
-		}
-	})
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-		io.Copy(io.Discard, pr)
-	}()
-	var info devInfo
-	select {
-	case line := <-lines:
-		if err := json.Unmarshal([]byte(line), &info); err != nil {
-			t.Fatalf("dev's first line %q is not JSON: %v", line, err)
-		}
-	case err := <-done:
-		t.Fatalf("dev exited before serving: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("dev printed nothing within 90s")
-	}
+	info := startDev(t)
+	dir := filepath.Dir(info.Config) // dev writes keybroker.yaml at the top of its directory
 	for _, f := range []string{info.CA, info.EngineCert, info.EngineKey, info.AdminCert, info.AdminKey, info.Config} {
 		if _, err := os.Stat(f); err != nil {
 			t.Errorf("dev's JSON names %s: %v", f, err)
