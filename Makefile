@@ -53,10 +53,15 @@ run: build
 ## fuzz target's seed corpus), a short fuzz of the main parsers, a one-minute soak.
 test: deps generate-check lint test-go fuzz-ci soak-ci test-memory-ci
 
-## deps: installs the Debian packages listed in .ci/apt-packages that are missing (needs root, as on CI).
+# The Debian packages make test drives as real peers and checkers: PyKMIP's
+# client and pykmip-server (test/kmip, bench-kmip; importable only under
+# /usr/bin/python3) and systemd-analyze (deploy/systemd checks).
+APT_PACKAGES ?= python3-pykmip systemd
+
+## deps: installs the APT_PACKAGES that are missing (needs root, as on CI).
 deps:
-	@pkgs=$$(grep -v '^#' .ci/apt-packages | tr '\n' ' '); missing=; \
-	for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

@@ -148,7 +148,7 @@ func systemdAnalyze(t *testing.T) string {
 	p, err := exec.LookPath("systemd-analyze")
 	if err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatalf("systemd-analyze not found (%v): .ci/apt-packages lists systemd, and make deps installs it", err)
+			t.Fatalf("systemd-analyze not found (%v): the Makefile's APT_PACKAGES lists systemd, and make deps installs it", err)
 		}
 		t.Skipf("systemd-analyze not found (%v): install Debian's systemd package (make deps)", err)
 	}

@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 func runMain(m *testing.M) int {
 	if out, err := exec.Command(python, "-c", "import kmip.core.messages, kmip.core.factories.secrets").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "test/kmip: PyKMIP is missing: %s cannot import kmip (%v: %s).\n"+
-			"Run `make deps` (as root), which installs python3-pykmip from .ci/apt-packages; make test runs it first.\n",
+			"Run `make deps` (as root), which installs python3-pykmip (the Makefile's APT_PACKAGES); make test runs it first.\n",
 			python, err, bytes.TrimSpace(out))
 		return 1
 	}
