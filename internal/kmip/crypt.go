@@ -73,22 +73,34 @@ func separateTag(ctx context.Context) bool {
 	return ttlv.CompareVersions(kmipserver.GetProtocolVersion(ctx), kmip.V1_4) >= 0
 }
 
+// cryptRequest checks what Encrypt and Decrypt (verb) ask alike: the
+// object's identifier, the cipher mode, the data's size, and one call, not
+// a stream. It returns the identifier and the mode.
+func cryptRequest(ctx context.Context, verb, uid string, p *kmip.CryptographicParameters, data []byte, streaming bool) (string, mode, error) {
+	uid, err := id(ctx, uid)
+	if err != nil {
+		return "", mode{}, err
+	}
+	m, err := cryptMode(p)
+	if err != nil {
+		return "", mode{}, err
+	}
+	if len(data) > maxCryptData {
+		return "", mode{}, fail(kmip.ResultReasonInvalidField, "the data is %d bytes, at most %d", len(data), maxCryptData)
+	}
+	if streaming {
+		return "", mode{}, fail(kmip.ResultReasonFeatureNotSupported, "keybroker %ss in one call; streaming (Init/Final Indicator) is not supported", verb)
+	}
+	return uid, m, nil
+}
+
 // encrypt encrypts with an Active AES key, with the IV given or one it
 // generates and returns. Refused while PAUSED.
 func (h *handlers) encrypt(ctx context.Context, req *payloads.EncryptRequestPayload) (*payloads.EncryptResponsePayload, error) {
-	uid, err := id(ctx, req.UniqueIdentifier)
+	streaming := req.InitIndicator != nil || req.FinalIndicator != nil || len(req.CorrelationValue) > 0
+	uid, m, err := cryptRequest(ctx, "encrypt", req.UniqueIdentifier, req.CryptographicParameters, req.Data, streaming)
 	if err != nil {
 		return nil, err
-	}
-	m, err := cryptMode(req.CryptographicParameters)
-	if err != nil {
-		return nil, err
-	}
-	if len(req.Data) > maxCryptData {
-		return nil, fail(kmip.ResultReasonInvalidField, "the data is %d bytes, at most %d", len(req.Data), maxCryptData)
-	}
-	if req.InitIndicator != nil || req.FinalIndicator != nil || len(req.CorrelationValue) > 0 {
-		return nil, fail(kmip.ResultReasonFeatureNotSupported, "keybroker encrypts in one call; streaming (Init/Final Indicator) is not supported")
 	}
 	iv := req.IVCounterNonce
 	generated := len(iv) == 0 || m.randomIV
@@ -122,19 +134,10 @@ func (h *handlers) encrypt(ctx context.Context, req *payloads.EncryptRequestPayl
 
 // decrypt decrypts with an Active AES key. Refused while PAUSED.
 func (h *handlers) decrypt(ctx context.Context, req *payloads.DecryptRequestPayload) (*payloads.DecryptResponsePayload, error) {
-	uid, err := id(ctx, req.UniqueIdentifier)
+	streaming := req.InitIndicator != nil || req.FinalIndicator != nil || len(req.CorrelationValue) > 0
+	uid, m, err := cryptRequest(ctx, "decrypt", req.UniqueIdentifier, req.CryptographicParameters, req.Data, streaming)
 	if err != nil {
 		return nil, err
-	}
-	m, err := cryptMode(req.CryptographicParameters)
-	if err != nil {
-		return nil, err
-	}
-	if len(req.Data) > maxCryptData {
-		return nil, fail(kmip.ResultReasonInvalidField, "the data is %d bytes, at most %d", len(req.Data), maxCryptData)
-	}
-	if req.InitIndicator != nil || req.FinalIndicator != nil || len(req.CorrelationValue) > 0 {
-		return nil, fail(kmip.ResultReasonFeatureNotSupported, "keybroker decrypts in one call; streaming (Init/Final Indicator) is not supported")
 	}
 	iv := req.IVCounterNonce
 	if len(iv) == 0 {
