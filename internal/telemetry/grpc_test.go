@@ -16,10 +16,11 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-func TestGRPCStatsHandler(t *testing.T) {
-	p, rec := newTestProvider(t)
-	var methods Methods
-	srv := grpc.NewServer(grpc.StatsHandler(p.GRPCStatsHandler(&methods)))
+// serveHealth serves grpc.health.v1 on a loopback port with opts, records
+// its methods in methods, and returns a client connection to it.
+func serveHealth(t *testing.T, methods *Methods, opts ...grpc.ServerOption) *grpc.ClientConn {
+	t.Helper()
+	srv := grpc.NewServer(opts...)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	methods.Set(srv.GetServiceInfo())
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -28,12 +29,18 @@ func TestGRPCStatsHandler(t *testing.T) {
 	}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(srv.Stop)
-
 	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func TestGRPCStatsHandler(t *testing.T) {
+	p, rec := newTestProvider(t)
+	var methods Methods
+	cc := serveHealth(t, &methods, grpc.StatsHandler(p.GRPCStatsHandler(&methods)))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {

@@ -2,15 +2,12 @@ package telemetry
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
@@ -28,20 +25,7 @@ func TestRPCInterceptors(t *testing.T) {
 		}
 		return handler(ctx, req)
 	}
-	srv := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream), grpc.ChainUnaryInterceptor(refuse))
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	methods.Set(srv.GetServiceInfo())
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := serveHealth(t, &methods, grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream), grpc.ChainUnaryInterceptor(refuse))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	hc := healthpb.NewHealthClient(cc)
